@@ -1,0 +1,87 @@
+// Package runtime defines what reeve needs from a container or process
+// runtime. Every implementation passes the suite in runtimetest.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"reeve.dev/reeve"
+)
+
+// Progress is how far an image download has got.
+type Progress struct {
+	Current int64 // bytes done
+	Total   int64 // bytes in all, 0 while unknown
+}
+
+// Percent returns the download progress from 0 to 100.
+func (p Progress) Percent() int {
+	if p.Total <= 0 {
+		return 0
+	}
+	pc := int(p.Current * 100 / p.Total)
+	return min(max(pc, 0), 100)
+}
+
+// Auth is a credential for one registry.
+type Auth struct {
+	Username string
+	Password string
+}
+
+// ErrNotFound is returned (wrapped) when the object acted on does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrUnavailable is returned (wrapped) when the runtime cannot be reached.
+var ErrUnavailable = errors.New("runtime unavailable")
+
+// Runtime runs services. Every method is safe for concurrent use, and every
+// method that acts is idempotent where the engine allows: removing what is
+// already gone returns nil, creating what already exists with the same
+// definition returns nil.
+type Runtime interface {
+	// Name is "docker" or "process".
+	Name() string
+	// Ping checks that the runtime answers.
+	Ping(ctx context.Context) error
+	// Snapshot reads everything reeve owns, fresh.
+	Snapshot(ctx context.Context) (reeve.Snapshot, error)
+
+	// Fetch pulls an image, reporting progress as it goes.
+	Fetch(ctx context.Context, image string, progress func(Progress)) error
+	// RemoveImage removes an image by reference.
+	RemoveImage(ctx context.Context, image string) error
+
+	// Create creates a service's container without starting it and returns
+	// its ID. The container's identity (app, service, commit, config hash)
+	// is recorded in the runtime so that Snapshot can read it back.
+	Create(ctx context.Context, spec reeve.ServiceSpec) (string, error)
+	// Start starts a created or stopped container.
+	Start(ctx context.Context, id string) error
+	// Stop stops a container, killing it after grace (0: the service's
+	// stop_grace_period, else 10 s).
+	Stop(ctx context.Context, id string, grace time.Duration) error
+	// Remove removes a container, stopping it first if needed.
+	Remove(ctx context.Context, id string) error
+	// UpdateMetadata moves a container to a new release commit without
+	// touching the running process.
+	UpdateMetadata(ctx context.Context, id string, spec reeve.ServiceSpec) error
+
+	CreateNetwork(ctx context.Context, spec reeve.NetworkSpec) error
+	RemoveNetwork(ctx context.Context, appUUID, name string) error
+
+	// CreateVolume creates a volume; if a copy left by an interrupted
+	// ReplaceVolume exists, its data is restored into the new volume.
+	CreateVolume(ctx context.Context, spec reeve.VolumeSpec) error
+	// ReplaceVolume gives an existing volume a new definition and keeps its
+	// data. It is safe to interrupt at any point: the data is always in the
+	// old volume or in a copy that CreateVolume restores.
+	ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) error
+	RemoveVolume(ctx context.Context, appUUID, name string) error
+
+	// Cleanup removes what reeve left behind and no longer needs (helper
+	// containers, dangling layers of images it replaced).
+	Cleanup(ctx context.Context) error
+}
