@@ -59,6 +59,10 @@ func (s Step) String() string {
 	switch {
 	case s.Action == ActionNoop:
 		return fmt.Sprintf("noop (%s)", s.Reason)
+	case s.Action == ActionTakeLock:
+		return fmt.Sprintf("%s %s %v", s.Action, short(s.AppUUID), s.Services)
+	case s.Action == ActionReleaseLock:
+		return fmt.Sprintf("%s %s", s.Action, short(s.AppUUID))
 	case s.Image != "":
 		return fmt.Sprintf("%s %s/%s %s", s.Action, short(s.AppUUID), s.Service, s.Image)
 	case s.Network != nil:

@@ -1,0 +1,283 @@
+// Package agent keeps one device in line with its target state: it stores
+// the target durably, plans with the engine against what the runtime reports,
+// carries out the steps, and keeps a status anyone can read.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"sync"
+	"time"
+
+	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/runtime"
+)
+
+// Config configures an Agent. Zero values get the documented defaults.
+type Config struct {
+	// DataDir holds the database, lock directories and anything else the
+	// agent keeps. Required.
+	DataDir string
+	// Runtime runs the services. Required.
+	Runtime runtime.Runtime
+	Logger  *slog.Logger
+	// DeviceName defaults to the host name; DeviceType to generic-<arch>.
+	DeviceName string
+	DeviceType string
+	// NoopDelay is how long the loop waits when it is waiting on something
+	// (a download, a dependency, a hand-over). Default 1 s.
+	NoopDelay time.Duration
+	// ReconcileInterval is how often a converged device is checked again
+	// for drift (a container removed by hand, an engine restart). Default 10 s.
+	ReconcileInterval time.Duration
+	// BackoffMin and BackoffMax bound the wait after a failed batch.
+	// Defaults 1 s and 2 min.
+	BackoffMin time.Duration
+	BackoffMax time.Duration
+	// FetchBackoffMax caps the wait between retries of a failed download.
+	// Default 5 min.
+	FetchBackoffMax time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) defaults() error {
+	if c.DataDir == "" {
+		return errors.New("agent: a data directory is required")
+	}
+	if c.Runtime == nil {
+		return errors.New("agent: a runtime is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.DeviceName == "" {
+		c.DeviceName, _ = os.Hostname()
+	}
+	if c.DeviceType == "" {
+		c.DeviceType = "generic-" + goruntime.GOARCH
+	}
+	if c.NoopDelay <= 0 {
+		c.NoopDelay = time.Second
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = 10 * time.Second
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 2 * time.Minute
+	}
+	if c.FetchBackoffMax <= 0 {
+		c.FetchBackoffMax = 5 * time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Agent drives one device. Create it with New, then Start; Close stops every
+// goroutine it started.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	db   *db
+	rt   runtime.Runtime
+	uuid string
+
+	wake chan struct{}
+
+	mu          sync.Mutex
+	target      reeve.TargetState
+	version     int64
+	applyCancel context.CancelFunc // cancels the batch in progress
+	fetches     map[string]*fetch  // by normalized image reference
+	fetchFailed map[string]*fetchFailure
+	svcErrors   map[string]string // "<app>/<service>" → last step error
+	status      Status
+	loopAlive   time.Time
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type fetch struct {
+	cancel   context.CancelFunc
+	progress runtime.Progress
+}
+
+type fetchFailure struct {
+	err      string
+	attempts int
+	retryAt  time.Time
+}
+
+// New opens the agent's database and loads its identity and stored target.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	d, err := openDB(ctx, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	uuid, err := d.getOrCreate(ctx, "device_uuid", newUUID)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	ts, version, err := d.target(ctx)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	a := &Agent{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		db:          d,
+		rt:          cfg.Runtime,
+		uuid:        uuid,
+		wake:        make(chan struct{}, 1),
+		target:      ts,
+		version:     version,
+		fetches:     map[string]*fetch{},
+		fetchFailed: map[string]*fetchFailure{},
+		svcErrors:   map[string]string{},
+	}
+	a.status = Status{DeviceUUID: uuid, AppState: AppStateApplying, TargetVersion: version}
+	return a, nil
+}
+
+// UUID returns the device's UUID.
+func (a *Agent) UUID() string { return a.uuid }
+
+// DeviceName returns the device's name.
+func (a *Agent) DeviceName() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if d, ok := a.target[a.uuid]; ok && d.Name != "" {
+		return d.Name
+	}
+	return a.cfg.DeviceName
+}
+
+// DeviceType returns the device type.
+func (a *Agent) DeviceType() string { return a.cfg.DeviceType }
+
+// Start starts the apply loop and returns.
+func (a *Agent) Start(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.loop(ctx)
+	}()
+	return nil
+}
+
+// Close stops the loop and every download, waits for them, and closes the
+// database.
+func (a *Agent) Close() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	return a.db.close()
+}
+
+// Target returns the stored target state (never nil) and its version.
+func (a *Agent) Target() (reeve.TargetState, int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.target == nil {
+		return reeve.TargetState{a.uuid: {Name: a.cfg.DeviceName, Apps: map[string]reeve.App{}}}, a.version
+	}
+	return a.target, a.version
+}
+
+// SetTarget validates, stores and starts applying a new target state. The
+// state must be keyed by this device's UUID. The batch in progress for the
+// old target is cancelled; the loop plans afresh.
+func (a *Agent) SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error) {
+	if err := ts.Validate(); err != nil {
+		return 0, err
+	}
+	for uuid := range ts {
+		if uuid != a.uuid {
+			return 0, &reeve.ValidationError{Problems: []reeve.Problem{{
+				Path:    uuid,
+				Message: fmt.Sprintf("this device's UUID is %s: key the target state by it (GET /v2/local/target-state shows the current one)", a.uuid),
+			}}}
+		}
+	}
+	if _, ok := ts[a.uuid]; !ok {
+		return 0, &reeve.ValidationError{Problems: []reeve.Problem{{
+			Message: fmt.Sprintf("the target state has no entry for this device (%s)", a.uuid),
+		}}}
+	}
+	version, err := a.db.setTarget(ctx, ts)
+	if err != nil {
+		return 0, err
+	}
+	a.mu.Lock()
+	a.target, a.version = ts, version
+	if a.applyCancel != nil {
+		a.applyCancel()
+	}
+	a.mu.Unlock()
+	a.log.Info("target state stored", "version", version)
+	a.Wake()
+	return version, nil
+}
+
+// Wake makes the loop plan again now.
+func (a *Agent) Wake() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Healthy reports whether the apply loop is making rounds.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	limit := 10*time.Minute + a.cfg.BackoffMax + a.cfg.ReconcileInterval
+	if a.loopAlive.IsZero() {
+		return errors.New("the apply loop has not started")
+	}
+	if since := a.cfg.Now().Sub(a.loopAlive); since > limit {
+		return fmt.Errorf("the apply loop has not completed a round for %s", since.Round(time.Second))
+	}
+	return nil
+}
+
+// lockDir is the host directory holding a service's update lock and
+// hand-over signal; it is mounted into the service's containers.
+func (a *Agent) lockDir(app, service string) string {
+	return filepath.Join(a.cfg.DataDir, "locks", app, service)
+}
+
+func svcKey(app, service string) string { return app + "/" + service }
+
+// deviceTarget returns this device's part of the target.
+func (a *Agent) deviceTarget() (reeve.DeviceTarget, int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	d := a.target[a.uuid]
+	if d.Apps == nil {
+		d.Apps = map[string]reeve.App{}
+	}
+	return d, a.version
+}

@@ -1,0 +1,233 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/engine"
+)
+
+const (
+	lockFile     = "updates.lock"
+	handoverFile = "handover-complete"
+	// lockMounts are where a service finds its lock directory.
+	lockMountReeve  = "/tmp/reeve"
+	lockMountBalena = "/tmp/balena"
+	lockMountResin  = "/tmp/resin"
+)
+
+// ErrLocked is returned when a service holds its update lock.
+var ErrLocked = errors.New("update locked by a service")
+
+// execute carries out one step.
+func (a *Agent) execute(ctx context.Context, s engine.Step, env engine.Env) error {
+	rt := a.rt
+	switch s.Action {
+	case engine.ActionKill:
+		if err := rt.Stop(ctx, s.Current.ID, 0); err != nil {
+			return err
+		}
+		return rt.Remove(ctx, s.Current.ID)
+	case engine.ActionStop:
+		return rt.Stop(ctx, s.Current.ID, 0)
+	case engine.ActionRemove:
+		return rt.Remove(ctx, s.Current.ID)
+	case engine.ActionStart:
+		return a.start(ctx, s)
+	case engine.ActionRestart:
+		if err := rt.Stop(ctx, s.Current.ID, 0); err != nil {
+			return err
+		}
+		return rt.Start(ctx, s.Current.ID)
+	case engine.ActionUpdateMetadata:
+		return rt.UpdateMetadata(ctx, s.Current.ID, a.withExtras(*s.Target))
+	case engine.ActionHandover:
+		return a.handover(ctx, s)
+	case engine.ActionCreateNetwork:
+		return rt.CreateNetwork(ctx, *s.Network)
+	case engine.ActionRemoveNetwork:
+		return rt.RemoveNetwork(ctx, s.Network.AppUUID, s.Network.Name)
+	case engine.ActionCreateVolume:
+		if s.Replace {
+			return rt.ReplaceVolume(ctx, *s.Volume)
+		}
+		return rt.CreateVolume(ctx, *s.Volume)
+	case engine.ActionRemoveVolume:
+		return rt.RemoveVolume(ctx, s.Volume.AppUUID, s.Volume.Name)
+	case engine.ActionRemoveImage:
+		if err := rt.RemoveImage(ctx, s.Image); err != nil {
+			return err
+		}
+		return a.db.removeOwnedImage(ctx, s.Image)
+	case engine.ActionCleanup:
+		return rt.Cleanup(ctx)
+	case engine.ActionTakeLock:
+		return a.takeLock(ctx, s.AppUUID, s.Services, env.Force)
+	case engine.ActionReleaseLock:
+		return a.releaseLock(ctx, s.AppUUID)
+	case engine.ActionFetch, engine.ActionNoop:
+		return nil
+	}
+	return fmt.Errorf("unknown step %q", s.Action)
+}
+
+// start creates the target's container when there is none, then starts it.
+func (a *Agent) start(ctx context.Context, s engine.Step) error {
+	if s.Current != nil {
+		return a.rt.Start(ctx, s.Current.ID)
+	}
+	spec := a.withExtras(*s.Target)
+	dir := a.lockDir(spec.AppUUID, spec.ServiceName)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create lock directory: %w", err)
+	}
+	if spec.Service.Strategy() == reeve.StrategyHandOver {
+		// A signal left by an earlier hand-over must not end this one.
+		if err := os.Remove(filepath.Join(dir, handoverFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("clear hand-over signal: %w", err)
+		}
+	}
+	id, err := a.rt.Create(ctx, spec)
+	if err != nil {
+		return err
+	}
+	return a.rt.Start(ctx, id)
+}
+
+// handover waits for the new container to signal that it has taken over, or
+// for the deadline, then kills the old one.
+func (a *Agent) handover(ctx context.Context, s engine.Step) error {
+	signal := filepath.Join(a.lockDir(s.AppUUID, s.Service), handoverFile)
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, err := os.Stat(signal); err == nil {
+			break
+		}
+		if !s.Deadline.IsZero() && !a.cfg.Now().Before(s.Deadline) {
+			a.log.Info("hand-over timed out, killing the old container", "service", s.Service)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	if err := a.rt.Stop(ctx, s.Current.ID, 0); err != nil {
+		return err
+	}
+	if err := a.rt.Remove(ctx, s.Current.ID); err != nil {
+		return err
+	}
+	if err := os.Remove(signal); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("clear hand-over signal: %w", err)
+	}
+	return nil
+}
+
+// withExtras adds what the agent gives every container: its identity in the
+// environment and its lock directory.
+func (a *Agent) withExtras(spec reeve.ServiceSpec) reeve.ServiceSpec {
+	env := map[string]string{}
+	vals := map[string]string{
+		"DEVICE_UUID":  a.uuid,
+		"DEVICE_TYPE":  a.cfg.DeviceType,
+		"APP_ID":       strconv.FormatInt(spec.AppID, 10),
+		"APP_UUID":     spec.AppUUID,
+		"APP_NAME":     spec.AppName,
+		"SERVICE_NAME": spec.ServiceName,
+		"RELEASE":      spec.Commit,
+	}
+	for k, v := range vals {
+		env["REEVE_"+k] = v
+		env["BALENA_"+k] = v
+		env["RESIN_"+k] = v
+	}
+	env["REEVE_APP_LOCK_PATH"] = lockMountReeve + "/" + lockFile
+	env["BALENA_APP_LOCK_PATH"] = lockMountBalena + "/" + lockFile
+	env["RESIN_APP_LOCK_PATH"] = lockMountResin + "/" + lockFile
+	spec.ExtraEnv = env
+	dir := a.lockDir(spec.AppUUID, spec.ServiceName)
+	spec.ExtraMounts = []reeve.Mount{
+		{Type: reeve.MountBind, Source: dir, Target: lockMountReeve},
+		{Type: reeve.MountBind, Source: dir, Target: lockMountBalena},
+		{Type: reeve.MountBind, Source: dir, Target: lockMountResin},
+	}
+	return spec
+}
+
+func lockFileExists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, lockFile))
+	return err == nil
+}
+
+// takeLock takes the update locks of an app's services. The agent's locks
+// are recorded in its database before the files are made, so that after a
+// crash they are known as the agent's and released, never mistaken for a
+// service's.
+func (a *Agent) takeLock(ctx context.Context, app string, services []string, force bool) error {
+	if err := a.db.addAgentLocks(ctx, app, services); err != nil {
+		return err
+	}
+	for _, svc := range services {
+		dir := a.lockDir(app, svc)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create lock directory: %w", err)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.Close()
+			continue
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("take update lock of %s: %w", svc, err)
+		}
+		if !force {
+			// Held by the service itself. Keep our record only for files
+			// we made.
+			_ = a.releaseLockFiles(ctx, app, services[:indexOf(services, svc)])
+			_ = a.db.removeAgentLocks(ctx, app)
+			return fmt.Errorf("%w %s", ErrLocked, svc)
+		}
+	}
+	return nil
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return len(list)
+}
+
+// releaseLock removes the lock files the agent made for an app.
+func (a *Agent) releaseLock(ctx context.Context, app string) error {
+	locks, err := a.db.agentLocks(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.releaseLockFiles(ctx, app, locks[app]); err != nil {
+		return err
+	}
+	return a.db.removeAgentLocks(ctx, app)
+}
+
+func (a *Agent) releaseLockFiles(_ context.Context, app string, services []string) error {
+	for _, svc := range services {
+		err := os.Remove(filepath.Join(a.lockDir(app, svc), lockFile))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("release update lock of %s: %w", svc, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,370 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/engine"
+	"reeve.dev/reeve/internal/runtime"
+)
+
+type outcome int
+
+const (
+	converged  outcome = iota // nothing to do
+	waiting                   // only noops: something is in progress elsewhere
+	progressed                // steps ran
+)
+
+// loop is the one place that applies: a single goroutine, so there is never
+// more than one apply at a time.
+func (a *Agent) loop(ctx context.Context) {
+	failures := 0
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		out, err := a.applyOnce(ctx)
+		a.mu.Lock()
+		a.loopAlive = a.cfg.Now()
+		a.mu.Unlock()
+		var delay time.Duration
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, context.Canceled):
+			// The target was replaced mid-batch: plan again at once.
+			delay = 0
+		case err != nil:
+			failures++
+			delay = backoff(a.cfg.BackoffMin, a.cfg.BackoffMax, failures)
+			a.setLoopError(err, a.cfg.Now().Add(delay))
+			a.log.Warn("apply failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+		case out == converged:
+			failures = 0
+			delay = a.cfg.ReconcileInterval
+		case out == waiting:
+			failures = 0
+			delay = a.cfg.NoopDelay
+		default:
+			failures = 0
+		}
+		if delay == 0 {
+			continue
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-a.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// backoff returns min·2^(n-1), capped at max.
+func backoff(minD, maxD time.Duration, n int) time.Duration {
+	d := minD
+	for i := 1; i < n && d < maxD; i++ {
+		d *= 2
+	}
+	return min(d, maxD)
+}
+
+// applyOnce reads the runtime, plans, and runs one batch.
+func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
+	dev, version := a.deviceTarget()
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.mu.Lock()
+	if a.version != version { // replaced between the two locks
+		a.mu.Unlock()
+		return progressed, nil
+	}
+	a.applyCancel = cancel
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.applyCancel = nil
+		a.mu.Unlock()
+	}()
+
+	snap, err := a.rt.Snapshot(bctx)
+	if err != nil {
+		a.setRuntimeError(err)
+		return 0, fmt.Errorf("read %s state: %w", a.rt.Name(), err)
+	}
+	env, err := a.planEnv(bctx, snap, dev)
+	if err != nil {
+		return 0, err
+	}
+	steps := engine.Plan(snap, dev, env)
+	a.cancelUnneededFetches(dev)
+
+	var batch []engine.Step
+	var noops []engine.Step
+	for _, s := range steps {
+		switch s.Action {
+		case engine.ActionFetch:
+			a.startFetch(ctx, s)
+		case engine.ActionNoop:
+			noops = append(noops, s)
+		default:
+			batch = append(batch, s)
+		}
+	}
+	a.setStatus(snap, dev, version, steps, env)
+	switch {
+	case len(steps) == 0:
+		return converged, nil
+	case len(batch) == 0:
+		return waiting, nil
+	}
+	for _, s := range batch {
+		a.log.Info("step", "step", s.String())
+	}
+	if err := a.runBatch(bctx, batch, env); err != nil {
+		return 0, err
+	}
+	return progressed, nil
+}
+
+// runBatch runs the steps of one batch concurrently and returns every error.
+func (a *Agent) runBatch(ctx context.Context, batch []engine.Step, env engine.Env) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(batch))
+	for i, s := range batch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := a.execute(ctx, s, env)
+			key := svcKey(s.AppUUID, s.Service)
+			a.mu.Lock()
+			if err != nil && !errors.Is(err, context.Canceled) {
+				if s.Service != "" {
+					a.svcErrors[key] = err.Error()
+				}
+			} else if s.Service != "" {
+				delete(a.svcErrors, key)
+			}
+			a.mu.Unlock()
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w", s, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// planEnv gathers what the planner needs besides state: downloads, locks,
+// hand-over signals, owned images.
+func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.DeviceTarget) (engine.Env, error) {
+	owned, err := a.db.ownedImages(ctx)
+	if err != nil {
+		return engine.Env{}, err
+	}
+	agentLocks, err := a.db.agentLocks(ctx)
+	if err != nil {
+		return engine.Env{}, err
+	}
+	env := engine.Env{
+		Now:          a.cfg.Now(),
+		InFlight:     map[string]bool{},
+		FetchFailed:  map[string]string{},
+		HandoverDone: map[string]bool{},
+		Locks:        map[string]engine.LockState{},
+		OwnedImages:  owned,
+		Force:        overrideLock(dev.Config),
+	}
+	a.mu.Lock()
+	for ref := range a.fetches {
+		env.InFlight[ref] = true
+	}
+	for ref, f := range a.fetchFailed {
+		env.FetchFailed[ref] = f.err
+		if env.Now.Before(f.retryAt) {
+			// Not yet time to retry: the planner treats it as in flight so
+			// that it neither re-fetches nor lets anything depend on it.
+			env.InFlight[ref] = true
+		}
+	}
+	a.mu.Unlock()
+
+	apps := map[string]map[string]bool{} // app → services to look at
+	for _, c := range snap.Containers {
+		if apps[c.AppUUID] == nil {
+			apps[c.AppUUID] = map[string]bool{}
+		}
+		apps[c.AppUUID][c.ServiceName] = true
+	}
+	for uuid, app := range dev.Apps {
+		if _, rel, ok := app.Release(); ok {
+			if apps[uuid] == nil {
+				apps[uuid] = map[string]bool{}
+			}
+			for name := range rel.Services {
+				apps[uuid][name] = true
+			}
+		}
+	}
+	for app, held := range agentLocks {
+		env.Locks[app] = engine.LockState{HeldByAgent: len(held) > 0}
+		if apps[app] == nil {
+			apps[app] = map[string]bool{}
+		}
+	}
+	for app, svcs := range apps {
+		ours := map[string]bool{}
+		for _, s := range agentLocks[app] {
+			ours[s] = true
+		}
+		ls := env.Locks[app]
+		for svc := range svcs {
+			dir := a.lockDir(app, svc)
+			if !ours[svc] && lockFileExists(dir) {
+				ls.HeldByUser = true
+			}
+			if _, err := os.Stat(filepath.Join(dir, handoverFile)); err == nil {
+				env.HandoverDone[svcKey(app, svc)] = true
+			}
+		}
+		env.Locks[app] = ls
+	}
+	return env, nil
+}
+
+// overrideLock reports whether the device config overrides update locks.
+func overrideLock(cfg map[string]string) bool {
+	for _, k := range []string{"REEVE_SUPERVISOR_OVERRIDE_LOCK", "BALENA_SUPERVISOR_OVERRIDE_LOCK", "RESIN_SUPERVISOR_OVERRIDE_LOCK"} {
+		if v := cfg[k]; v == "1" || strings.EqualFold(v, "true") {
+			return true
+		}
+	}
+	return false
+}
+
+// startFetch downloads an image in the background; the loop is woken when
+// it ends. Downloads are owned by the agent, not by a batch: a batch that is
+// cancelled does not cancel a download still needed.
+func (a *Agent) startFetch(ctx context.Context, s engine.Step) {
+	ref := s.Image
+	a.mu.Lock()
+	if _, ok := a.fetches[ref]; ok {
+		a.mu.Unlock()
+		return
+	}
+	if f, ok := a.fetchFailed[ref]; ok && a.cfg.Now().Before(f.retryAt) {
+		a.mu.Unlock()
+		return
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	f := &fetch{cancel: cancel}
+	a.fetches[ref] = f
+	a.mu.Unlock()
+
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer cancel()
+		// Recorded before pulling, so that an image pulled by a download
+		// cut short by a power cut is still known to be ours.
+		err := a.db.addOwnedImage(fctx, ref)
+		if err == nil {
+			a.log.Info("downloading image", "image", ref, "service", s.Service)
+			err = a.rt.Fetch(fctx, ref, func(p runtime.Progress) {
+				a.mu.Lock()
+				f.progress = p
+				a.mu.Unlock()
+			})
+		}
+		a.mu.Lock()
+		delete(a.fetches, ref)
+		switch {
+		case err == nil:
+			delete(a.fetchFailed, ref)
+		case fctx.Err() != nil:
+			// cancelled: the image is no longer needed, or the agent stops
+		default:
+			ff := a.fetchFailed[ref]
+			if ff == nil {
+				ff = &fetchFailure{}
+				a.fetchFailed[ref] = ff
+			}
+			ff.attempts++
+			ff.err = err.Error()
+			ff.retryAt = a.cfg.Now().Add(backoff(a.cfg.BackoffMin, a.cfg.FetchBackoffMax, ff.attempts))
+		}
+		a.mu.Unlock()
+		if err != nil && fctx.Err() == nil {
+			a.log.Warn("download failed", "image", ref, "err", err)
+		} else if err == nil {
+			a.log.Info("downloaded image", "image", ref)
+		}
+		a.Wake()
+	}()
+}
+
+// cancelUnneededFetches stops downloads of images no service of the target
+// uses any more.
+func (a *Agent) cancelUnneededFetches(dev reeve.DeviceTarget) {
+	needed := map[string]bool{}
+	for _, app := range dev.Apps {
+		if _, rel, ok := app.Release(); ok {
+			for _, svc := range rel.Services {
+				if ref, err := reeve.NormalizeImage(svc.Image); err == nil {
+					needed[ref] = true
+				}
+			}
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for ref, f := range a.fetches {
+		if !needed[ref] {
+			f.cancel()
+		}
+	}
+	for ref := range a.fetchFailed {
+		if !needed[ref] {
+			delete(a.fetchFailed, ref)
+		}
+	}
+}
+
+func (a *Agent) setRuntimeError(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.RuntimeError = err.Error()
+	a.status.AppState = AppStateError
+	a.status.UpdatedAt = a.cfg.Now()
+}
+
+func (a *Agent) setLoopError(err error, retryAt time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.LastError = err.Error()
+	a.status.RetryAt = retryAt
+	if a.status.AppState != AppStateLocked {
+		a.status.AppState = AppStateError
+	}
+}
+
+func sortedServiceKeys(m map[string]reeve.Service) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

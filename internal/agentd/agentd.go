@@ -1,0 +1,187 @@
+// Package agentd is `reeve agent` put together: the runtime, the agent and
+// its local API, started and stopped as one. cmd/reeve and end-to-end tests
+// run the same wiring.
+package agentd
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/localapi"
+	"reeve.dev/reeve/internal/runtime"
+	"reeve.dev/reeve/internal/runtime/docker"
+)
+
+// Config configures `reeve agent`.
+type Config struct {
+	DataDir      string
+	Listen       string // local API address; default 127.0.0.1:48484
+	Local        bool   // local mode: the target is set through the local API
+	DockerHost   string // "" = DOCKER_HOST or the default socket
+	RegistryAuth string // a docker config.json with registry credentials
+	DeviceName   string
+	DeviceType   string
+	// Namespace separates agents sharing one engine (tests); "" for the
+	// one agent of a device.
+	Namespace string
+	Logger    *slog.Logger
+	// Agent tunes the apply loop; DataDir, Runtime and Logger are filled in.
+	Agent agent.Config
+}
+
+// Main runs the agent role.
+type Main struct {
+	cfg       Config
+	log       *slog.Logger
+	rt        *docker.Runtime
+	agent     *agent.Agent
+	srv       *http.Server
+	listener  net.Listener
+	wg        sync.WaitGroup
+	serveErr  chan error
+	closeOnce sync.Once
+}
+
+// New prepares the agent: opens its database, connects the runtime (which may
+// be down: the agent retries) and binds the API address.
+func New(ctx context.Context, cfg Config) (*Main, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = localapi.DefaultAddress
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("a data directory is required: pass --data DIR")
+	}
+	if !cfg.Local {
+		return nil, errors.New("only local mode is available in this build: pass --local (the fleet-server connection is not built yet)")
+	}
+	creds, err := loadRegistryAuth(cfg.RegistryAuth)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := docker.New(ctx, docker.Options{Host: cfg.DockerHost, Credentials: creds, Logger: cfg.Logger, Namespace: cfg.Namespace})
+	if err != nil {
+		return nil, fmt.Errorf("set up docker runtime: %w", err)
+	}
+	ac := cfg.Agent
+	ac.DataDir, ac.Runtime, ac.Logger = cfg.DataDir, rt, cfg.Logger
+	if cfg.DeviceName != "" {
+		ac.DeviceName = cfg.DeviceName
+	}
+	if cfg.DeviceType != "" {
+		ac.DeviceType = cfg.DeviceType
+	}
+	a, err := agent.New(ctx, ac)
+	if err != nil {
+		rt.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		a.Close()
+		rt.Close()
+		return nil, fmt.Errorf("listen on %s: %w (another agent running? pick another address with --listen)", cfg.Listen, err)
+	}
+	api := localapi.New(a, localapi.Options{Local: cfg.Local, Logger: cfg.Logger})
+	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, listener: ln, serveErr: make(chan error, 1),
+		srv: &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}}
+	return m, nil
+}
+
+// Addr returns the address the API listens on.
+func (m *Main) Addr() string { return m.listener.Addr().String() }
+
+// Agent returns the agent.
+func (m *Main) Agent() *agent.Agent { return m.agent }
+
+// Run starts the agent and serves the API until ctx ends, then stops both.
+func (m *Main) Run(ctx context.Context) error {
+	if err := m.agent.Start(ctx); err != nil {
+		return err
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if err := m.srv.Serve(m.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.serveErr <- err
+		}
+	}()
+	m.log.Info("agent running", "uuid", m.agent.UUID(), "api", "http://"+m.Addr(), "runtime", m.rt.Name(), "local", m.cfg.Local, "data", m.cfg.DataDir)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-m.serveErr:
+		err = fmt.Errorf("serve local API: %w", err)
+	}
+	return errors.Join(err, m.Close())
+}
+
+// Close stops serving, stops the agent and releases the runtime. It may be
+// called more than once.
+func (m *Main) Close() error {
+	var errs []error
+	m.closeOnce.Do(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.srv.Shutdown(sctx); err != nil {
+			errs = append(errs, err)
+		}
+		m.wg.Wait()
+		errs = append(errs, m.agent.Close(), m.rt.Close())
+	})
+	return errors.Join(errs...)
+}
+
+// loadRegistryAuth reads registry credentials from a docker config.json
+// ({"auths": {"host": {"auth": base64("user:pass")}}} or with username and
+// password fields).
+func loadRegistryAuth(path string) (map[string]runtime.Auth, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read registry credentials: %w", err)
+	}
+	var cfg struct {
+		Auths map[string]struct {
+			Auth     string `json:"auth"`
+			Username string `json:"username"`
+			Password string `json:"password"`
+		} `json:"auths"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, fmt.Errorf("read registry credentials %s: %w (expected a docker config.json with an \"auths\" object)", path, err)
+	}
+	out := map[string]runtime.Auth{}
+	for host, a := range cfg.Auths {
+		user, pass := a.Username, a.Password
+		if a.Auth != "" {
+			dec, err := base64.StdEncoding.DecodeString(a.Auth)
+			if err != nil {
+				return nil, fmt.Errorf("registry credentials for %s: auth is not base64 of user:password", host)
+			}
+			u, p, ok := strings.Cut(string(dec), ":")
+			if !ok {
+				return nil, fmt.Errorf("registry credentials for %s: auth is not base64 of user:password", host)
+			}
+			user, pass = u, p
+		}
+		host = strings.TrimPrefix(strings.TrimPrefix(host, "https://"), "http://")
+		out[strings.TrimSuffix(host, "/")] = runtime.Auth{Username: user, Password: pass}
+	}
+	return out, nil
+}

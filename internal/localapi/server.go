@@ -1,0 +1,153 @@
+// Package localapi is the agent's HTTP API on the device: health, status,
+// and in local mode the target state itself. Client is its typed client, used
+// by the CLI.
+package localapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/httpx"
+)
+
+// MaxTargetBytes bounds a target state sent to the agent.
+const MaxTargetBytes = 4 << 20
+
+// Agent is what the API needs of the agent.
+type Agent interface {
+	UUID() string
+	DeviceName() string
+	DeviceType() string
+	Target() (reeve.TargetState, int64)
+	SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error)
+	Status() agent.Status
+	Healthy() error
+}
+
+// Options configures the API.
+type Options struct {
+	// Local allows setting the target state through the API.
+	Local  bool
+	Logger *slog.Logger
+}
+
+// Server serves the local API.
+type Server struct {
+	agent Agent
+	opts  Options
+	log   *slog.Logger
+	mux   *http.ServeMux
+}
+
+// New returns the API for an agent.
+func New(a Agent, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{agent: a, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /ping", s.ping)
+	s.mux.HandleFunc("GET /v1/healthy", s.healthy)
+	s.mux.HandleFunc("GET /v2/version", s.version)
+	s.mux.HandleFunc("GET /v2/state/status", s.status)
+	s.mux.HandleFunc("GET /v2/local/device-info", s.deviceInfo)
+	s.mux.HandleFunc("GET /v2/local/target-state", s.getTarget)
+	s.mux.HandleFunc("POST /v2/local/target-state", s.setTarget)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeNotFound, "no route %s %s: see docs/api.md for the routes", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write([]byte("OK"))
+}
+
+func (s *Server) healthy(w http.ResponseWriter, _ *http.Request) {
+	if err := s.agent.Healthy(); err != nil {
+		httpx.WriteJSON(w, http.StatusInternalServerError, httpx.ErrorBody{Error: &reeve.Error{Code: reeve.CodeUnavailable, Message: err.Error()}})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write([]byte("OK"))
+}
+
+func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "success", "version": reeve.Version})
+}
+
+// StatusResponse is the body of GET /v2/state/status.
+type StatusResponse struct {
+	Result string `json:"status"` // "success"
+	agent.Status
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	httpx.WriteJSON(w, http.StatusOK, StatusResponse{Result: "success", Status: s.agent.Status()})
+}
+
+// DeviceInfo is the body of GET /v2/local/device-info.
+type DeviceInfo struct {
+	Status     string `json:"status"`
+	UUID       string `json:"uuid"`
+	Name       string `json:"name"`
+	DeviceType string `json:"device_type"`
+	Local      bool   `json:"local_mode"`
+	Version    string `json:"version"`
+}
+
+func (s *Server) deviceInfo(w http.ResponseWriter, _ *http.Request) {
+	httpx.WriteJSON(w, http.StatusOK, DeviceInfo{Status: "success", UUID: s.agent.UUID(), Name: s.agent.DeviceName(),
+		DeviceType: s.agent.DeviceType(), Local: s.opts.Local, Version: reeve.Version})
+}
+
+// TargetResponse is the body of GET /v2/local/target-state.
+type TargetResponse struct {
+	Status  string            `json:"status"`
+	Version int64             `json:"version"`
+	State   reeve.TargetState `json:"state"`
+}
+
+func (s *Server) getTarget(w http.ResponseWriter, _ *http.Request) {
+	ts, v := s.agent.Target()
+	httpx.WriteJSON(w, http.StatusOK, TargetResponse{Status: "success", Version: v, State: ts})
+}
+
+// SetTargetResponse is the body of a successful POST /v2/local/target-state.
+type SetTargetResponse struct {
+	Status  string `json:"status"`
+	Version int64  `json:"version"`
+}
+
+func (s *Server) setTarget(w http.ResponseWriter, r *http.Request) {
+	if !s.opts.Local {
+		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeForbidden, "local mode is off: the fleet server sets this device's target; start the agent with --local to set it here"))
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeInvalid, "the body must be a JSON target state: send Content-Type: application/json, not %q", ct))
+		return
+	}
+	body, err := httpx.ReadBody(w, r, MaxTargetBytes)
+	if err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	ts, err := reeve.ParseTargetState(body)
+	if err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	v, err := s.agent.SetTarget(r.Context(), ts)
+	if err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, SetTargetResponse{Status: "success", Version: v})
+}

@@ -1,0 +1,444 @@
+package docker
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/volume"
+	"github.com/moby/moby/client"
+
+	"reeve.dev/reeve"
+)
+
+// A volume's data survives a change of definition through a backup volume
+// <volume>_reeve-backup (labels io.reeve.backup-of and io.reeve.backup-hash,
+// the config hash of the volume it copies). ReplaceVolume:
+//
+//	(1) create the backup, copy the volume into it
+//	(2) remove the volume
+//	(3) create the volume with the new definition
+//	(4) copy the backup into it
+//	(5) remove the backup
+//
+// Whatever step a crash interrupts, the state on the engine says what to do:
+//
+//   - backup and volume with the backup's hash: stopped in (1) or (2); the
+//     volume is intact, the backup may be partial and is dropped.
+//   - backup, no volume: stopped after (2); the backup is complete.
+//   - backup and volume with another hash: stopped in (3) or (4); the backup
+//     is complete, the volume partial. Snapshot does not list such a
+//     volume, so the planner creates it, and CreateVolume (re)does (3)–(5).
+
+// CreateVolume creates the release volume <appUUID>_<name>. If a backup
+// left by an interrupted ReplaceVolume exists, its data is restored into
+// the new volume. A volume of that name with the same definition is kept;
+// one with another definition is an error (use ReplaceVolume).
+func (r *Runtime) CreateVolume(ctx context.Context, spec reeve.VolumeSpec) error {
+	name := engineName(r.prefix+spec.AppUUID, spec.Name)
+	defer r.locks.lock("volume/" + name)()
+	return r.createVolume(ctx, spec, name)
+}
+
+func (r *Runtime) createVolume(ctx context.Context, spec reeve.VolumeSpec, name string) error {
+	vol, exists, err := r.inspectVolume(ctx, name)
+	if err != nil {
+		return err
+	}
+	backup, hasBackup, err := r.backupOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	if hasBackup {
+		if !exists || vol.Labels[LabelConfigHash] != backup.Labels[LabelBackupHash] {
+			return r.restore(ctx, spec, name, exists)
+		}
+		// The original is intact; the copy may be partial.
+		if err := r.removeVolume(ctx, backup.Name); err != nil {
+			return fmt.Errorf("create volume %s: drop stale backup: %w", name, err)
+		}
+	}
+	if exists {
+		if vol.Labels[LabelManaged] == r.managed && vol.Labels[LabelConfigHash] == spec.Volume.ConfigHash() {
+			return nil
+		}
+		return fmt.Errorf("create volume %s: a volume of that name exists with another definition", name)
+	}
+	return r.newVolume(ctx, spec, name)
+}
+
+// ReplaceVolume gives an existing volume a new definition, keeping its data
+// (see the steps above). The volume must not be in use by any container,
+// running or not.
+func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) error {
+	name := engineName(r.prefix+spec.AppUUID, spec.Name)
+	defer r.locks.lock("volume/" + name)()
+
+	vol, exists, err := r.inspectVolume(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		return r.createVolume(ctx, spec, name)
+	}
+	backup, hasBackup, err := r.backupOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	oldHash := vol.Labels[LabelConfigHash]
+	if hasBackup {
+		if oldHash != backup.Labels[LabelBackupHash] {
+			return r.restore(ctx, spec, name, true)
+		}
+		if err := r.removeVolume(ctx, backup.Name); err != nil {
+			return fmt.Errorf("replace volume %s: drop stale backup: %w", name, err)
+		}
+	}
+	if vol.Labels[LabelManaged] == r.managed && oldHash == spec.Volume.ConfigHash() {
+		return nil
+	}
+
+	// (1) back up.
+	bname := backupName(name)
+	_, err = r.c.VolumeCreate(ctx, client.VolumeCreateOptions{
+		Name: bname,
+		Labels: map[string]string{
+			LabelBackupOf:   name,
+			LabelBackupHash: oldHash,
+			LabelAppUUID:    spec.AppUUID,
+		},
+	})
+	if err != nil {
+		return r.wrap(err, "replace volume %s: create backup volume %s", name, bname)
+	}
+	if err := r.copyVolume(ctx, name, bname); err != nil {
+		return fmt.Errorf("replace volume %s: back up: %w", name, err)
+	}
+	// (2) remove the original.
+	if err := r.removeVolume(ctx, name); err != nil {
+		return fmt.Errorf("replace volume %s: remove old volume: %w", name, err)
+	}
+	// (3)–(5)
+	if err := r.restore(ctx, spec, name, false); err != nil {
+		return fmt.Errorf("replace volume %s: %w", name, err)
+	}
+	return nil
+}
+
+// restore does (3)–(5): (re)create the volume from spec and copy the
+// complete backup into it, then drop the backup. exists says a partial
+// volume of that name is there.
+func (r *Runtime) restore(ctx context.Context, spec reeve.VolumeSpec, name string, exists bool) error {
+	if exists {
+		if err := r.removeVolume(ctx, name); err != nil {
+			return fmt.Errorf("restore volume %s: remove partial copy: %w", name, err)
+		}
+	}
+	if err := r.newVolume(ctx, spec, name); err != nil {
+		return err
+	}
+	bname := backupName(name)
+	if err := r.copyVolume(ctx, bname, name); err != nil {
+		return fmt.Errorf("restore volume %s from %s: %w", name, bname, err)
+	}
+	if err := r.removeVolume(ctx, bname); err != nil {
+		return fmt.Errorf("restore volume %s: %w", name, err)
+	}
+	r.log.Info("restored volume data", "volume", name)
+	return nil
+}
+
+// newVolume creates the volume with reeve's labels.
+func (r *Runtime) newVolume(ctx context.Context, spec reeve.VolumeSpec, name string) error {
+	labels := map[string]string{}
+	maps.Copy(labels, spec.Volume.Labels)
+	maps.Copy(labels, map[string]string{
+		LabelManaged:    r.managed,
+		LabelAppUUID:    spec.AppUUID,
+		LabelVolumeName: spec.Name,
+		LabelConfigHash: spec.Volume.ConfigHash(),
+	})
+	_, err := r.c.VolumeCreate(ctx, client.VolumeCreateOptions{
+		Name:       name,
+		Driver:     spec.Volume.Driver,
+		DriverOpts: spec.Volume.DriverOpts,
+		Labels:     labels,
+	})
+	return r.wrap(err, "create volume %s", name)
+}
+
+// RemoveVolume removes the release volume and any backup of it; removing a
+// missing volume is a no-op, one that a container uses is an error.
+func (r *Runtime) RemoveVolume(ctx context.Context, appUUID, name string) error {
+	full := engineName(r.prefix+appUUID, name)
+	defer r.locks.lock("volume/" + full)()
+	if err := r.removeVolume(ctx, full); err != nil {
+		return err
+	}
+	if _, ok, err := r.backupOf(ctx, full); err != nil || !ok {
+		return err
+	}
+	return r.removeVolume(ctx, backupName(full))
+}
+
+// removeVolume removes a volume, and first the helper containers an
+// interrupted copy left on it (the caller holds the volume's lock, so no
+// copy of this process uses them).
+func (r *Runtime) removeVolume(ctx context.Context, name string) error {
+	list, err := r.c.ContainerList(ctx, client.ContainerListOptions{
+		All:     true,
+		Filters: client.Filters{}.Add("label", LabelHelper+"=true").Add("volume", name),
+	})
+	if err != nil {
+		return r.wrap(err, "list helper containers of volume %s", name)
+	}
+	for _, c := range list.Items {
+		r.removeHelper(ctx, c.ID)
+	}
+	_, err = r.c.VolumeRemove(ctx, name, client.VolumeRemoveOptions{})
+	if isNotFound(err) {
+		return nil
+	}
+	return r.wrap(err, "remove volume %s", name)
+}
+
+func (r *Runtime) inspectVolume(ctx context.Context, name string) (volume.Volume, bool, error) {
+	res, err := r.c.VolumeInspect(ctx, name, client.VolumeInspectOptions{})
+	if isNotFound(err) {
+		return volume.Volume{}, false, nil
+	}
+	if err != nil {
+		return volume.Volume{}, false, r.wrap(err, "inspect volume %s", name)
+	}
+	return res.Volume, true, nil
+}
+
+// backupOf returns the backup of volume name, if there is one.
+func (r *Runtime) backupOf(ctx context.Context, name string) (volume.Volume, bool, error) {
+	v, ok, err := r.inspectVolume(ctx, backupName(name))
+	if err != nil || !ok || v.Labels[LabelBackupOf] != name {
+		return volume.Volume{}, false, err
+	}
+	return v, true, nil
+}
+
+// volumes lists the volumes reeve owns, leaving out a volume that is being
+// restored from a backup (it is not there yet, as far as the planner goes).
+func (r *Runtime) volumes(ctx context.Context) ([]reeve.VolumeState, error) {
+	list, err := r.c.VolumeList(ctx, client.VolumeListOptions{Filters: client.Filters{}.Add("label", LabelManaged+"="+r.managed)})
+	if err != nil {
+		return nil, r.wrap(err, "list volumes")
+	}
+	backups, err := r.c.VolumeList(ctx, client.VolumeListOptions{Filters: client.Filters{}.Add("label", LabelBackupOf)})
+	if err != nil {
+		return nil, r.wrap(err, "list backup volumes")
+	}
+	backupHash := map[string]string{}
+	for _, b := range backups.Items {
+		if b.Name == backupName(b.Labels[LabelBackupOf]) {
+			backupHash[b.Labels[LabelBackupOf]] = b.Labels[LabelBackupHash]
+		}
+	}
+	out := []reeve.VolumeState{}
+	for _, v := range list.Items {
+		if h, ok := backupHash[v.Name]; ok && h != v.Labels[LabelConfigHash] {
+			continue
+		}
+		out = append(out, reeve.VolumeState{
+			AppUUID:    v.Labels[LabelAppUUID],
+			Name:       v.Labels[LabelVolumeName],
+			ConfigHash: v.Labels[LabelConfigHash],
+		})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].AppUUID != out[j].AppUUID {
+			return out[i].AppUUID < out[j].AppUUID
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// copyVolume copies the content of volume from into volume to, without
+// running anything: two helper containers (created, never started) mount
+// the volumes at /v, and the archive API streams one into the other.
+// Owners, modes and times are kept.
+func (r *Runtime) copyVolume(ctx context.Context, from, to string) error {
+	// Cleanup removes helpers; not while a copy uses them.
+	r.helperMu.RLock()
+	defer r.helperMu.RUnlock()
+	image, err := r.helperImage(ctx)
+	if err != nil {
+		return err
+	}
+	src, err := r.createHelper(ctx, image, from)
+	if err != nil {
+		return err
+	}
+	defer r.removeHelper(ctx, src)
+	dst, err := r.createHelper(ctx, image, to)
+	if err != nil {
+		return err
+	}
+	defer r.removeHelper(ctx, dst)
+
+	res, err := r.c.CopyFromContainer(ctx, src, client.CopyFromContainerOptions{SourcePath: "/v/."})
+	if err != nil {
+		return r.wrap(err, "read volume %s", from)
+	}
+	defer res.Content.Close()
+
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := rebaseTar(res.Content, pw)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	_, err = r.c.CopyToContainer(ctx, dst, client.CopyToContainerOptions{DestinationPath: "/v", Content: pr})
+	pr.CloseWithError(errors.New("copy aborted"))
+	rerr := <-done
+	if err != nil {
+		return r.wrap(err, "write volume %s", to)
+	}
+	if rerr != nil {
+		return fmt.Errorf("read volume %s: %w", from, rerr)
+	}
+	return nil
+}
+
+// rebaseTar copies a tar stream, naming every entry relative to the copied
+// directory ("./" for the directory itself, "./a/b" below it), whether the
+// engine named them "./…" or "v/…".
+func rebaseTar(in io.Reader, out io.Writer) error {
+	tr := tar.NewReader(in)
+	tw := tar.NewWriter(out)
+	root := ""
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read archive: %w", err)
+		}
+		if root == "" {
+			// The first entry is the directory itself.
+			root = strings.TrimSuffix(hdr.Name, "/") + "/"
+		}
+		hdr.Name = rebase(hdr.Name, root)
+		if hdr.Typeflag == tar.TypeLink {
+			hdr.Linkname = rebase(hdr.Linkname, root)
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("write archive: %w", err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return fmt.Errorf("copy %s: %w", hdr.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("write archive: %w", err)
+	}
+	return nil
+}
+
+func rebase(name, root string) string {
+	if strings.TrimSuffix(name, "/")+"/" == root {
+		return "./"
+	}
+	return "./" + strings.TrimPrefix(name, root)
+}
+
+// helperImage returns the ID of an image present on the engine to create
+// helper containers from (never started, so any image does).
+func (r *Runtime) helperImage(ctx context.Context) (string, error) {
+	list, err := r.c.ImageList(ctx, client.ImageListOptions{})
+	if err != nil {
+		return "", r.wrap(err, "list images for a helper container")
+	}
+	if len(list.Items) == 0 {
+		return "", errors.New("copy volume data: no image on the engine to create a helper container from (nothing is pulled for this): fetch a service image first")
+	}
+	items := list.Items
+	sort.Slice(items, func(i, j int) bool {
+		if items[i].Size != items[j].Size {
+			return items[i].Size < items[j].Size
+		}
+		return items[i].ID < items[j].ID
+	})
+	return items[0].ID, nil
+}
+
+// createHelper creates a helper container that mounts volume at /v.
+func (r *Runtime) createHelper(ctx context.Context, image, vol string) (string, error) {
+	res, err := r.c.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config: &container.Config{
+			Image:           image,
+			Entrypoint:      []string{"/reeve-helper-is-never-started"},
+			Labels:          map[string]string{LabelHelper: "true", LabelHelperOwner: r.owner},
+			NetworkDisabled: true,
+		},
+		HostConfig: &container.HostConfig{
+			NetworkMode: "none",
+			Mounts: []mount.Mount{{
+				Type:          mount.TypeVolume,
+				Source:        vol,
+				Target:        "/v",
+				VolumeOptions: &mount.VolumeOptions{NoCopy: true},
+			}},
+		},
+	})
+	if err != nil {
+		return "", r.wrap(err, "create helper container for volume %s", vol)
+	}
+	return res.ID, nil
+}
+
+func (r *Runtime) removeHelper(ctx context.Context, id string) {
+	_, err := r.c.ContainerRemove(context.WithoutCancel(ctx), id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !isNotFound(err) {
+		r.log.Warn("helper container left behind; cleanup removes it", "container", shortID(id), "err", err)
+	}
+}
+
+// Cleanup removes helper containers a crash left behind and dangling images
+// (layers of replaced images that no tag points at). Its own helpers are
+// removed at once (it waits for copies in progress); another runtime's only
+// once they are older than helperMaxAge, so that Cleanup never breaks a
+// copy another process on the same engine is making. (An operation on a
+// volume removes the leftover helpers that mount it at once.)
+func (r *Runtime) Cleanup(ctx context.Context) error {
+	r.helperMu.Lock()
+	defer r.helperMu.Unlock()
+	list, err := r.c.ContainerList(ctx, client.ContainerListOptions{
+		All:     true,
+		Filters: client.Filters{}.Add("label", LabelHelper+"=true"),
+	})
+	if err != nil {
+		return r.wrap(err, "cleanup: list helper containers")
+	}
+	for _, c := range list.Items {
+		age := time.Since(time.Unix(c.Created, 0))
+		if c.Labels[LabelHelperOwner] != r.owner && age < r.helperMaxAge {
+			continue
+		}
+		_, err := r.c.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+		if err != nil && !isNotFound(err) {
+			return r.wrap(err, "cleanup: remove helper container %s", shortID(c.ID))
+		}
+		r.log.Info("removed leftover helper container", "container", shortID(c.ID), "age", age.Round(time.Second))
+	}
+	if _, err := r.c.ImagePrune(ctx, client.ImagePruneOptions{Filters: client.Filters{}.Add("dangling", "true")}); err != nil {
+		return r.wrap(err, "cleanup: remove dangling images")
+	}
+	return nil
+}
