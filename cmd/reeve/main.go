@@ -35,12 +35,18 @@ func main() {
 		return
 	}
 	fmt.Fprintln(os.Stderr, "reeve:", err)
+	os.Exit(exitCode(err))
+}
+
+// exitCode is 2 for what the user typed or sent wrong (a bad flag, an
+// invalid compose file or target), 1 for everything else.
+func exitCode(err error) int {
 	var ue usageError
 	var ve *reeve.ValidationError
 	if errors.As(err, &ue) || errors.As(err, &ve) || reeve.ErrorCode(err) == reeve.CodeInvalid {
-		os.Exit(2)
+		return 2
 	}
-	os.Exit(1)
+	return 1
 }
 
 func rootCmd() *cobra.Command {

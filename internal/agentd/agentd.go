@@ -104,6 +104,9 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 // Addr returns the address the API listens on.
 func (m *Main) Addr() string { return m.listener.Addr().String() }
 
+// DataDir returns the agent's data directory.
+func (m *Main) DataDir() string { return m.cfg.DataDir }
+
 // Agent returns the agent.
 func (m *Main) Agent() *agent.Agent { return m.agent }
 

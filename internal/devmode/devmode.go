@@ -14,11 +14,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
+	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agentd"
 	"reeve.dev/reeve/internal/compose"
 	"reeve.dev/reeve/internal/example"
@@ -110,7 +112,9 @@ func (m *Main) installExample(ctx context.Context) (string, error) {
 	ag := m.agent.Agent()
 	ts, _ := ag.Target()
 	if len(ts[ag.UUID()].Apps) > 0 {
-		return file, nil // not a first run: the agent resumes its target
+		// Not a first run: the agent resumes its target, with the example
+		// image moved to this binary's (a rebuilt reeve has another).
+		return file, m.refreshExampleImage(ctx, file, image)
 	}
 	data := example.ComposeFile(image)
 	if err := os.WriteFile(file, data, 0o644); err != nil {
@@ -125,6 +129,52 @@ func (m *Main) installExample(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("set the example as target: %w", err)
 	}
 	return file, nil
+}
+
+// refreshExampleImage points every service that runs an example image of
+// an earlier reeve binary at this binary's image, in the target and in the
+// example compose file, keeping everything else the user changed.
+func (m *Main) refreshExampleImage(ctx context.Context, file, image string) error {
+	prefix := m.regLn.Addr().String() + "/reeve/example:"
+	ag := m.agent.Agent()
+	ts, _ := ag.Target()
+	dev := ts[ag.UUID()]
+	changed := map[string]bool{}
+	apps := map[string]reeve.App{}
+	for uuid, app := range dev.Apps {
+		rels := map[string]reeve.Release{}
+		for commit, rel := range app.Releases {
+			svcs := map[string]reeve.Service{}
+			for name, svc := range rel.Services {
+				if strings.HasPrefix(svc.Image, prefix) && svc.Image != image {
+					changed[svc.Image] = true
+					svc.Image = image
+				}
+				svcs[name] = svc
+			}
+			rel.Services = svcs
+			rels[commit] = rel
+		}
+		app.Releases = rels
+		apps[uuid] = app
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	dev.Apps = apps
+	if _, err := ag.SetTarget(ctx, reeve.TargetState{ag.UUID(): dev}); err != nil {
+		return fmt.Errorf("move the example to this reeve's image: %w", err)
+	}
+	if data, err := os.ReadFile(file); err == nil {
+		text := string(data)
+		for old := range changed {
+			text = strings.ReplaceAll(text, old, image)
+		}
+		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+			return fmt.Errorf("update the example compose file: %w", err)
+		}
+	}
+	return nil
 }
 
 func (m *Main) printNext(file string) {

@@ -3,6 +3,8 @@ package devmode
 import (
 	"archive/tar"
 	"bytes"
+	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +28,9 @@ func pushSelfImage(host string) (string, error) {
 	bin, err := os.ReadFile(exe)
 	if err != nil {
 		return "", fmt.Errorf("read the reeve binary: %w", err)
+	}
+	if err := checkStatic(bin); err != nil {
+		return "", err
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -75,4 +80,21 @@ func pushSelfImage(host string) (string, error) {
 		return "", fmt.Errorf("push the example image to %s: %w", host, err)
 	}
 	return ref.String(), nil
+}
+
+// checkStatic refuses a dynamically linked binary: in an image with nothing
+// else in it, it could not start.
+func checkStatic(bin []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(bin))
+	if err != nil {
+		return fmt.Errorf("the reeve binary is not an ELF executable, so it cannot run in the example's container: %w", err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("this reeve binary is dynamically linked, so the example app built from it cannot start in a container: " +
+				"build it with CGO_ENABLED=0 (CGO_ENABLED=0 go run ./cmd/reeve dev)")
+		}
+	}
+	return nil
 }

@@ -49,14 +49,30 @@ func New(a Agent, opts Options) *Server {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{agent: a, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET /ping", s.ping)
-	s.mux.HandleFunc("GET /v1/healthy", s.healthy)
-	s.mux.HandleFunc("GET /v2/version", s.version)
-	s.mux.HandleFunc("GET /v2/state/status", s.status)
-	s.mux.HandleFunc("GET /v2/local/device-info", s.deviceInfo)
-	s.mux.HandleFunc("GET /v2/local/target-state", s.getTarget)
-	s.mux.HandleFunc("POST /v2/local/target-state", s.setTarget)
+	routes := []struct {
+		method, path string
+		h            http.HandlerFunc
+	}{
+		{"GET", "/ping", s.ping},
+		{"GET", "/v1/healthy", s.healthy},
+		{"GET", "/v2/version", s.version},
+		{"GET", "/v2/state/status", s.status},
+		{"GET", "/v2/local/device-info", s.deviceInfo},
+		{"GET", "/v2/local/target-state", s.getTarget},
+		{"POST", "/v2/local/target-state", s.setTarget},
+	}
+	allowed := map[string][]string{}
+	for _, r := range routes {
+		s.mux.HandleFunc(r.method+" "+r.path, r.h)
+		allowed[r.path] = append(allowed[r.path], r.method)
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if methods, ok := allowed[r.URL.Path]; ok {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			httpx.WriteJSON(w, http.StatusMethodNotAllowed, httpx.ErrorBody{Error: reeve.Errorf(reeve.CodeInvalid,
+				"%s is not allowed on %s: use %s", r.Method, r.URL.Path, strings.Join(methods, " or "))})
+			return
+		}
 		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeNotFound, "no route %s %s: see docs/api.md for the routes", r.Method, r.URL.Path))
 	})
 	return s
