@@ -39,8 +39,10 @@ func (f *fakeAgent) SetTarget(_ context.Context, ts reeve.TargetState) (int64, e
 	f.target = ts
 	return f.version, nil
 }
-func (f *fakeAgent) Status() agent.Status { return agent.Status{DeviceUUID: "dev1", AppState: agent.AppStateApplied} }
-func (f *fakeAgent) Healthy() error       { return f.healthy }
+func (f *fakeAgent) Status() agent.Status {
+	return agent.Status{DeviceUUID: "dev1", AppState: agent.AppStateApplied}
+}
+func (f *fakeAgent) Healthy() error { return f.healthy }
 
 const goodTarget = `{"dev1": {"name": "pi", "apps": {"a1": {"id": 1, "name": "app", "releases": {"c1": {"id": 1,
 	"services": {"web": {"id": 1, "image_id": 1, "image": "registry.example.com/web:1"}}}}}}}}`
@@ -62,8 +64,8 @@ func TestSetTargetRefusesBadInput(t *testing.T) {
 	big := `{"dev1": {"name": "` + strings.Repeat("x", MaxTargetBytes) + `"}}`
 	for _, tc := range []struct {
 		name, ctype, body string
-		status           int
-		wantInMessage    string
+		status            int
+		wantInMessage     string
 	}{
 		{"not json", "application/json", "[", 400, "JSON object"},
 		{"wrong content type", "text/plain", goodTarget, 400, "Content-Type"},
