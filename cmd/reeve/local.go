@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/compose"
 	"reeve.dev/reeve/internal/localapi"
@@ -57,20 +58,11 @@ func localApplyCmd() *cobra.Command {
 				return fmt.Errorf("%s is not a valid release: %w", file, err)
 			}
 			c := deviceClient(cmd)
-			info, err := c.DeviceInfo(cmd.Context())
+			commit := compose.Commit(data)
+			version, info, err := c.ApplyApp(cmd.Context(), name, rel, commit)
 			if err != nil {
 				return err
 			}
-			ts, _, err := c.Target(cmd.Context())
-			if err != nil {
-				return err
-			}
-			uuid, app := localapi.LocalApp(name, rel, compose.Commit(data))
-			version, err := c.SetTarget(cmd.Context(), localapi.WithApp(ts, info.UUID, info.Name, uuid, app))
-			if err != nil {
-				return err
-			}
-			commit, _, _ := app.Release()
 			fmt.Fprintf(cmd.OutOrStdout(), "applied %s (release %s) as target version %d on device %s\n", name, commit, version, info.UUID)
 			if !wait {
 				fmt.Fprintln(cmd.OutOrStdout(), "follow it with: reeve local status")
@@ -114,26 +106,15 @@ func localRemoveCmd() *cobra.Command {
 		Short: "Remove an app from the target (its volumes are kept)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c := deviceClient(cmd)
-			info, err := c.DeviceInfo(cmd.Context())
+			v, err := deviceClient(cmd).RemoveApp(cmd.Context(), args[0])
+			if reeve.ErrorCode(err) == reeve.CodeNotFound {
+				return usageError{err}
+			}
 			if err != nil {
 				return err
 			}
-			ts, _, err := c.Target(cmd.Context())
-			if err != nil {
-				return err
-			}
-			for uuid, app := range ts[info.UUID].Apps {
-				if app.Name == args[0] || uuid == args[0] {
-					v, err := c.SetTarget(cmd.Context(), localapi.WithoutApp(ts, info.UUID, uuid))
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "removed %s as target version %d\n", app.Name, v)
-					return nil
-				}
-			}
-			return usageError{fmt.Errorf("no app named %q on this device: `reeve local status` lists them", args[0])}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s as target version %d\n", args[0], v)
+			return nil
 		},
 	}
 }

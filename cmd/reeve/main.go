@@ -58,7 +58,7 @@ func rootCmd() *cobra.Command {
 		Version:       reeve.Version,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(agentCmd(), devCmd(), localCmd(), exampleCmd())
+	root.AddCommand(agentCmd(), devCmd(), localCmd(), exampleCmd(), benchCmd())
 	return root
 }
 

@@ -169,45 +169,45 @@ func lockFileExists(dir string) bool {
 	return err == nil
 }
 
-// takeLock takes the update locks of an app's services. The agent's locks
-// are recorded in its database before the files are made, so that after a
-// crash they are known as the agent's and released, never mistaken for a
-// service's.
+// takeLock takes the update locks of an app's services. Each lock is
+// recorded in the database before its file is made, so that after a crash it
+// is known as the agent's and released, never mistaken for a service's. A
+// lock a service holds stops the update (ErrLocked) unless force is set; the
+// agent then holds the lock without owning the file, and leaves the
+// service's file in place when it releases.
 func (a *Agent) takeLock(ctx context.Context, app string, services []string, force bool) error {
-	if err := a.db.addAgentLocks(ctx, app, services); err != nil {
-		return err
-	}
+	var made []string
 	for _, svc := range services {
 		dir := a.lockDir(app, svc)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create lock directory: %w", err)
 		}
+		if err := a.db.addAgentLock(ctx, app, svc, true); err != nil {
+			return err
+		}
 		f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		if err == nil {
 			f.Close()
+			made = append(made, svc)
 			continue
 		}
 		if !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("take update lock of %s: %w", svc, err)
+			return errors.Join(fmt.Errorf("take update lock of %s: %w", svc, err), a.db.removeAgentLock(ctx, app, svc))
 		}
-		if !force {
-			// Held by the service itself. Keep our record only for files
-			// we made.
-			_ = a.releaseLockFiles(ctx, app, services[:indexOf(services, svc)])
-			_ = a.db.removeAgentLocks(ctx, app)
-			return fmt.Errorf("%w %s", ErrLocked, svc)
+		if force {
+			if err := a.db.addAgentLock(ctx, app, svc, false); err != nil {
+				return err
+			}
+			continue
 		}
+		// Held by the service itself: give back what was taken.
+		errs := []error{a.db.removeAgentLock(ctx, app, svc), a.releaseLockFiles(ctx, app, made)}
+		for _, m := range made {
+			errs = append(errs, a.db.removeAgentLock(ctx, app, m))
+		}
+		return errors.Join(append(errs, fmt.Errorf("%w %s", ErrLocked, svc))...)
 	}
 	return nil
-}
-
-func indexOf(list []string, s string) int {
-	for i, v := range list {
-		if v == s {
-			return i
-		}
-	}
-	return len(list)
 }
 
 // releaseLock removes the lock files the agent made for an app.
@@ -216,7 +216,13 @@ func (a *Agent) releaseLock(ctx context.Context, app string) error {
 	if err != nil {
 		return err
 	}
-	if err := a.releaseLockFiles(ctx, app, locks[app]); err != nil {
+	var files []string
+	for _, l := range locks[app] {
+		if l.ownsFile {
+			files = append(files, l.service)
+		}
+	}
+	if err := a.releaseLockFiles(ctx, app, files); err != nil {
 		return err
 	}
 	return a.db.removeAgentLocks(ctx, app)

@@ -27,6 +27,11 @@ const (
 // loop is the one place that applies: a single goroutine, so there is never
 // more than one apply at a time.
 func (a *Agent) loop(ctx context.Context) {
+	// What a crash may have left behind (helper containers of a volume
+	// copy cut short) goes first; failing here only costs disk.
+	if err := a.rt.Cleanup(ctx); err != nil && ctx.Err() == nil {
+		a.log.Warn("cleanup of leftovers failed", "err", err)
+	}
 	failures := 0
 	for {
 		if ctx.Err() != nil {
@@ -226,8 +231,8 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 	}
 	for app, svcs := range apps {
 		ours := map[string]bool{}
-		for _, s := range agentLocks[app] {
-			ours[s] = true
+		for _, l := range agentLocks[app] {
+			ours[l.service] = true
 		}
 		ls := env.Locks[app]
 		for svc := range svcs {

@@ -111,6 +111,14 @@ func (h *harness) close() {
 		_ = h.rt.RemoveVolume(ctx, v.AppUUID, v.Name)
 	}
 	_ = h.rt.Cleanup(ctx)
+	// Images pulled from this test's registry go too.
+	for _, img := range snap.Images {
+		for _, ref := range img.Refs {
+			if strings.HasPrefix(ref, h.reg.Host()+"/") {
+				_ = h.rt.RemoveImage(ctx, ref)
+			}
+		}
+	}
 	h.rt.Close()
 	h.engine.Close()
 }
@@ -131,16 +139,7 @@ func (h *harness) applyNoWait(name, yml string) reeve.Release {
 	if err != nil {
 		h.t.Fatalf("compose: %v", err)
 	}
-	info, err := h.client.DeviceInfo(h.ctx)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ts, _, err := h.client.Target(h.ctx)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	uuid, app := localapi.LocalApp(name, rel, compose.Commit([]byte(yml)))
-	if _, err := h.client.SetTarget(h.ctx, localapi.WithApp(ts, info.UUID, info.Name, uuid, app)); err != nil {
+	if _, _, err := h.client.ApplyApp(h.ctx, name, rel, compose.Commit([]byte(yml))); err != nil {
 		h.t.Fatalf("set target: %v", err)
 	}
 	return rel

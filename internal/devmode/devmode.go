@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,13 +17,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
-
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agentd"
 	"reeve.dev/reeve/internal/compose"
 	"reeve.dev/reeve/internal/example"
 	"reeve.dev/reeve/internal/localapi"
+	"reeve.dev/reeve/internal/selfimage"
 )
 
 // Config configures `reeve dev`.
@@ -43,7 +41,6 @@ type Main struct {
 	agent    *agentd.Main
 	reg      *http.Server
 	regLn    net.Listener
-	wg       sync.WaitGroup
 	closeOne sync.Once
 }
 
@@ -75,18 +72,13 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		ln.Close()
 		return nil, err
 	}
-	reg := &http.Server{Handler: registry.New(registry.Logger(discardLogger())), ReadHeaderTimeout: 10 * time.Second}
-	return &Main{cfg: cfg, agent: a, reg: reg, regLn: ln}, nil
+	return &Main{cfg: cfg, agent: a, regLn: ln}, nil
 }
 
 // Run serves the registry, installs the example on a first run and runs the
 // agent until ctx ends.
 func (m *Main) Run(ctx context.Context) error {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		_ = m.reg.Serve(m.regLn)
-	}()
+	m.reg = selfimage.Serve(m.regLn)
 	file, err := m.installExample(ctx)
 	if err != nil {
 		m.Close()
@@ -100,7 +92,11 @@ func (m *Main) Run(ctx context.Context) error {
 // installExample writes the example compose file and, when the device has
 // no app yet, makes it the target.
 func (m *Main) installExample(ctx context.Context) (string, error) {
-	image, err := pushSelfImage(m.regLn.Addr().String())
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the reeve binary: %w", err)
+	}
+	image, err := selfimage.Push(ctx, m.regLn.Addr().String(), "reeve/example", exe, nil)
 	if err != nil {
 		return "", err
 	}
@@ -205,10 +201,12 @@ func (m *Main) Close() error {
 	m.closeOne.Do(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		err = errors.Join(m.agent.Close(), m.reg.Shutdown(sctx))
-		m.wg.Wait()
+		err = m.agent.Close()
+		if m.reg != nil {
+			err = errors.Join(err, m.reg.Shutdown(sctx))
+		} else {
+			err = errors.Join(err, m.regLn.Close())
+		}
 	})
 	return err
 }
-
-func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }

@@ -92,3 +92,40 @@ func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
 	err := c.do(ctx, http.MethodGet, "/v2/state/status", nil, &out)
 	return out, err
 }
+
+// ApplyApp makes rel (at commit) the target release of the local app called
+// name, keeping the device's other apps, and returns the new target version
+// and the device's identity.
+func (c *Client) ApplyApp(ctx context.Context, name string, rel reeve.Release, commit string) (int64, DeviceInfo, error) {
+	info, err := c.DeviceInfo(ctx)
+	if err != nil {
+		return 0, info, err
+	}
+	ts, _, err := c.Target(ctx)
+	if err != nil {
+		return 0, info, err
+	}
+	uuid, app := LocalApp(name, rel, commit)
+	v, err := c.SetTarget(ctx, WithApp(ts, info.UUID, info.Name, uuid, app))
+	return v, info, err
+}
+
+// RemoveApp removes the app called name (or with that UUID) from the
+// target; its volumes are kept. It returns the new target version, or an
+// error with code not_found when the device has no such app.
+func (c *Client) RemoveApp(ctx context.Context, name string) (int64, error) {
+	info, err := c.DeviceInfo(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ts, _, err := c.Target(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for uuid, app := range ts[info.UUID].Apps {
+		if app.Name == name || uuid == name {
+			return c.SetTarget(ctx, WithoutApp(ts, info.UUID, uuid))
+		}
+	}
+	return 0, reeve.Errorf(reeve.CodeNotFound, "no app named %q on this device: `reeve local status` lists them", name)
+}

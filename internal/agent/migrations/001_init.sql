@@ -19,9 +19,12 @@ CREATE TABLE owned_images (
 );
 
 -- Update locks the agent holds, told apart from locks held by services.
+-- owns_file is 0 when the agent overrode a service's own lock: the file is
+-- the service's and stays.
 CREATE TABLE agent_locks (
-	app_uuid TEXT NOT NULL,
-	service  TEXT NOT NULL,
+	app_uuid  TEXT NOT NULL,
+	service   TEXT NOT NULL,
+	owns_file INTEGER NOT NULL DEFAULT 1,
 	PRIMARY KEY (app_uuid, service)
 );
 

@@ -892,3 +892,65 @@ func TestCleanupRemovesLeftoverHelpers(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// Two networks of one name (a create cut short by a crash landing after the
+// next one) are reported as changed, so that the planner recreates them, and
+// RemoveNetwork removes both.
+func TestDuplicateNetworkReportedChanged(t *testing.T) {
+	rt := newRuntime(t, docker.Options{})
+	cli := engine(t)
+	ctx := testCtx(t)
+	appUUID := randomHex(16)
+	spec := reeve.NetworkSpec{AppUUID: appUUID, Name: "back"}
+	if err := rt.CreateNetwork(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := cleanupCtx()
+		defer cancel()
+		_ = rt.RemoveNetwork(cctx, appUUID, "back")
+	})
+	var first reeve.NetworkState
+	snap, err := rt.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range snap.Networks {
+		if n.AppUUID == appUUID {
+			first = n
+		}
+	}
+	if first.ConfigHash != spec.Network.ConfigHash() {
+		t.Fatalf("network not reported as created: %+v", first)
+	}
+	// The second one, made as a racing create would make it.
+	if _, err := cli.NetworkCreate(ctx, appUUID+"_back", client.NetworkCreateOptions{Labels: map[string]string{
+		docker.LabelManaged: "true", docker.LabelAppUUID: appUUID, docker.LabelNetworkName: "back",
+		docker.LabelConfigHash: spec.Network.ConfigHash(),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = rt.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []reeve.NetworkState
+	for _, n := range snap.Networks {
+		if n.AppUUID == appUUID {
+			got = append(got, n)
+		}
+	}
+	if len(got) != 1 || got[0].ConfigHash != "" {
+		t.Fatalf("duplicate networks reported as %+v, want one entry with an empty config hash", got)
+	}
+	if err := rt.RemoveNetwork(ctx, appUUID, "back"); err != nil {
+		t.Fatal(err)
+	}
+	list, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: client.Filters{}.Add("name", appUUID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 0 {
+		t.Fatalf("%d networks left after RemoveNetwork", len(list.Items))
+	}
+}

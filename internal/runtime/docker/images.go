@@ -139,7 +139,9 @@ func (r *Runtime) RemoveImage(ctx context.Context, image string) error {
 		ref = n
 	}
 	_, err := r.c.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: true})
-	if isNotFound(err) {
+	// The engine answers "unrecognized image ID" (500) when the image went
+	// between resolving the reference and deleting it: it is gone.
+	if isNotFound(err) || (err != nil && strings.Contains(err.Error(), "unrecognized image ID")) {
 		return nil
 	}
 	return r.wrap(err, "remove image %s", ref)

@@ -140,7 +140,18 @@ func (r *Runtime) networks(ctx context.Context) ([]reeve.NetworkState, error) {
 		return nil, r.wrap(err, "list networks")
 	}
 	out := []reeve.NetworkState{}
+	seen := map[string]int{} // engine name → index in out
 	for _, n := range list.Items {
+		if i, dup := seen[n.Name]; dup {
+			// The engine allows two networks of one name (a create cut
+			// short by a crash can land after the next one). Containers
+			// cannot join an ambiguous name, so report it as changed: the
+			// planner takes its users down, removes every network of the
+			// name and creates one again.
+			out[i].ConfigHash = ""
+			continue
+		}
+		seen[n.Name] = len(out)
 		out = append(out, reeve.NetworkState{
 			ID:         n.ID,
 			AppUUID:    n.Labels[LabelAppUUID],

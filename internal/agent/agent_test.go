@@ -1,0 +1,282 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/runtime"
+)
+
+// fakeRuntime keeps containers in memory. The real runtime is exercised by
+// the end-to-end tests in internal/agentd; this one lets the agent's own
+// rules (locks, backoff, persistence) be tested quickly and exactly.
+type fakeRuntime struct {
+	mu         sync.Mutex
+	images     map[string]bool
+	containers map[string]reeve.ServiceState
+	networks   map[string]reeve.NetworkState
+	fetchErr   map[string]error
+	fetches    map[string]int
+	killed     []string
+	next       int
+}
+
+func newFake() *fakeRuntime {
+	return &fakeRuntime{images: map[string]bool{}, containers: map[string]reeve.ServiceState{},
+		networks: map[string]reeve.NetworkState{}, fetchErr: map[string]error{}, fetches: map[string]int{}}
+}
+
+func (f *fakeRuntime) Name() string                  { return "fake" }
+func (f *fakeRuntime) Ping(context.Context) error    { return nil }
+func (f *fakeRuntime) Cleanup(context.Context) error { return nil }
+func (f *fakeRuntime) Snapshot(context.Context) (reeve.Snapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var s reeve.Snapshot
+	for ref := range f.images {
+		s.Images = append(s.Images, reeve.ImageState{ID: ref, Refs: []string{ref}})
+	}
+	for _, c := range f.containers {
+		s.Containers = append(s.Containers, c)
+	}
+	for _, n := range f.networks {
+		s.Networks = append(s.Networks, n)
+	}
+	return s, nil
+}
+func (f *fakeRuntime) Fetch(_ context.Context, image string, progress func(runtime.Progress)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fetches[image]++
+	if err := f.fetchErr[image]; err != nil {
+		return err
+	}
+	f.images[image] = true
+	return nil
+}
+func (f *fakeRuntime) RemoveImage(_ context.Context, image string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.images, image)
+	return nil
+}
+func (f *fakeRuntime) Create(_ context.Context, spec reeve.ServiceSpec) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next++
+	id := fmt.Sprintf("c%d", f.next)
+	img, _ := reeve.NormalizeImage(spec.Service.Image)
+	var nets []string
+	for n := range spec.Service.Composition.Networks {
+		nets = append(nets, n)
+	}
+	f.containers[id] = reeve.ServiceState{ID: id, AppUUID: spec.AppUUID, AppID: spec.AppID, ServiceName: spec.ServiceName,
+		Commit: spec.Commit, Image: img, ConfigHash: spec.Service.ConfigHash(), Status: reeve.StatusCreated,
+		Networks: nets, CreatedAt: time.Now()}
+	return id, nil
+}
+func (f *fakeRuntime) set(id string, fn func(*reeve.ServiceState)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return fmt.Errorf("container %s: %w", id, runtime.ErrNotFound)
+	}
+	fn(&c)
+	f.containers[id] = c
+	return nil
+}
+func (f *fakeRuntime) Start(_ context.Context, id string) error {
+	return f.set(id, func(c *reeve.ServiceState) { c.Status = reeve.StatusRunning; c.StartedAt = time.Now() })
+}
+func (f *fakeRuntime) Stop(_ context.Context, id string, _ time.Duration) error {
+	return f.set(id, func(c *reeve.ServiceState) { c.Status = reeve.StatusExited })
+}
+func (f *fakeRuntime) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.containers[id]; ok {
+		f.killed = append(f.killed, c.ServiceName+"@"+c.Commit)
+	}
+	delete(f.containers, id)
+	return nil
+}
+func (f *fakeRuntime) UpdateMetadata(_ context.Context, id string, spec reeve.ServiceSpec) error {
+	return f.set(id, func(c *reeve.ServiceState) { c.Commit = spec.Commit })
+}
+func (f *fakeRuntime) CreateNetwork(_ context.Context, spec reeve.NetworkSpec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.networks[spec.AppUUID+"/"+spec.Name] = reeve.NetworkState{AppUUID: spec.AppUUID, Name: spec.Name, ConfigHash: spec.Network.ConfigHash()}
+	return nil
+}
+func (f *fakeRuntime) RemoveNetwork(_ context.Context, app, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.networks, app+"/"+name)
+	return nil
+}
+func (f *fakeRuntime) CreateVolume(context.Context, reeve.VolumeSpec) error  { return nil }
+func (f *fakeRuntime) ReplaceVolume(context.Context, reeve.VolumeSpec) error { return nil }
+func (f *fakeRuntime) RemoveVolume(context.Context, string, string) error    { return nil }
+
+func newTestAgent(t *testing.T, rt runtime.Runtime, dir string) *Agent {
+	t.Helper()
+	a, err := New(context.Background(), Config{DataDir: dir, Runtime: rt, NoopDelay: 10 * time.Millisecond,
+		ReconcileInterval: 20 * time.Millisecond, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
+		FetchBackoffMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func target(a *Agent, commit, image string, config map[string]string) reeve.TargetState {
+	return reeve.TargetState{a.UUID(): {Name: "pi", Config: config, Apps: map[string]reeve.App{"app1": {
+		ID: 1, Name: "app", Releases: map[string]reeve.Release{commit: {
+			Services: map[string]reeve.Service{"web": {Image: image, Running: true}},
+		}},
+	}}}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestTargetSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	rt := newFake()
+	a := newTestAgent(t, rt, dir)
+	uuid := a.UUID()
+	v, err := a.SetTarget(context.Background(), target(a, "c1", "registry.example.com/web:1", nil))
+	if err != nil || v != 1 {
+		t.Fatalf("SetTarget = %d, %v", v, err)
+	}
+	a.Close()
+	b := newTestAgent(t, rt, dir)
+	defer b.Close()
+	ts, v := b.Target()
+	if b.UUID() != uuid || v != 1 || ts[uuid].Apps["app1"].Releases["c1"].Services["web"].Image != "registry.example.com/web:1" {
+		t.Fatalf("after restart: uuid %s (was %s), version %d, target %+v", b.UUID(), uuid, v, ts)
+	}
+}
+
+func TestSetTargetRefusesOtherDevice(t *testing.T) {
+	a := newTestAgent(t, newFake(), t.TempDir())
+	defer a.Close()
+	ts := reeve.TargetState{"someone-else": {Apps: map[string]reeve.App{}}}
+	_, err := a.SetTarget(context.Background(), ts)
+	var ve *reeve.ValidationError
+	if !errors.As(err, &ve) || !strings.Contains(err.Error(), a.UUID()) {
+		t.Fatalf("want a validation error naming this device's UUID, got %v", err)
+	}
+	if _, v := a.Target(); v != 0 {
+		t.Fatal("a refused target was stored")
+	}
+}
+
+func TestFailedDownloadRetriedWithBackoffAndShown(t *testing.T) {
+	rt := newFake()
+	rt.fetchErr["registry.example.com/web:1"] = errors.New("manifest unknown")
+	a := newTestAgent(t, rt, t.TempDir())
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetTarget(context.Background(), target(a, "c1", "registry.example.com/web:1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the download error in status", func() bool {
+		st := a.Status()
+		return len(st.Services) == 1 && strings.Contains(st.Services[0].Error, "manifest unknown")
+	})
+	waitFor(t, "retries", func() bool {
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return rt.fetches["registry.example.com/web:1"] >= 3
+	})
+	// Once the registry has it, the service comes up and the error goes.
+	rt.mu.Lock()
+	delete(rt.fetchErr, "registry.example.com/web:1")
+	rt.mu.Unlock()
+	waitFor(t, "convergence", func() bool {
+		st := a.Status()
+		return st.AppState == AppStateApplied && len(st.Services) == 1 && st.Services[0].Status == SvcRunning && st.Services[0].Error == ""
+	})
+}
+
+func TestUserLockHoldsUpdateUntilReleasedOrOverridden(t *testing.T) {
+	rt := newFake()
+	dir := t.TempDir()
+	a := newTestAgent(t, rt, dir)
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	v, err := a.SetTarget(ctx, target(a, "c1", "registry.example.com/web:1", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "install", func() bool { st := a.Status(); return st.TargetVersion == v && st.AppState == AppStateApplied })
+	// No lock is left behind by the install or the update.
+	if _, err := os.Stat(filepath.Join(a.lockDir("app1", "web"), lockFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after install: %v", err)
+	}
+
+	// The service takes its lock; an update downloads but does not kill.
+	lock := filepath.Join(a.lockDir("app1", "web"), lockFile)
+	if err := os.WriteFile(lock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetTarget(ctx, target(a, "c2", "registry.example.com/web:2", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "locked state", func() bool { return a.Status().AppState == AppStateLocked })
+	rt.mu.Lock()
+	downloaded, killed := rt.images["registry.example.com/web:2"], len(rt.killed)
+	rt.mu.Unlock()
+	if !downloaded || killed != 0 {
+		t.Fatalf("while locked: downloaded %v, killed %d; want the download and no kill", downloaded, killed)
+	}
+	// The override in the device config lets the update through; the
+	// service's own lock file is not the agent's to remove.
+	if _, err := a.SetTarget(ctx, target(a, "c2", "registry.example.com/web:2", map[string]string{"REEVE_SUPERVISOR_OVERRIDE_LOCK": "1"})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "update with override", func() bool {
+		st := a.Status()
+		return st.AppState == AppStateApplied && len(st.Services) == 1 && st.Services[0].CurrentCommit == "c2"
+	})
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.killed) != 1 || rt.killed[0] != "web@c1" {
+		t.Fatalf("killed %v, want the old web once", rt.killed)
+	}
+	if _, err := os.Stat(lock); err != nil {
+		t.Fatalf("the service's lock file was removed: %v", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 7: 64 * time.Second, 8: 2 * time.Minute, 50: 2 * time.Minute} {
+		if got := backoff(time.Second, 2*time.Minute, n); got != want {
+			t.Errorf("backoff(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
