@@ -2,6 +2,8 @@ package agentd_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,8 @@ func TestEngineUnreachable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sock := "unix://" + t.TempDir() + "/no-engine.sock"
-	m, err := agentd.New(ctx, agentd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Local: true, DockerHost: sock,
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := agentd.New(ctx, agentd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Local: true, DockerHost: sock, Logger: log,
 		Agent: agent.Config{BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +73,7 @@ func TestEngineUnreachable(t *testing.T) {
 		t.Fatal("the agent did not stop")
 	}
 	// The target survives a restart.
-	m2, err := agentd.New(context.Background(), agentd.Config{DataDir: m.DataDir(), Listen: "127.0.0.1:0", Local: true, DockerHost: sock})
+	m2, err := agentd.New(context.Background(), agentd.Config{DataDir: m.DataDir(), Listen: "127.0.0.1:0", Local: true, DockerHost: sock, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agentd"
@@ -31,7 +30,13 @@ type Config struct {
 	Listen         string // agent API; default 127.0.0.1:48484
 	RegistryListen string // example registry; default 127.0.0.1:48485
 	DockerHost     string
-	Logger         *slog.Logger
+	// Binary is the static reeve binary packed into the example's image;
+	// default: the running one.
+	Binary string
+	// Namespace separates this agent's containers from another agent's on
+	// the same engine (tests).
+	Namespace string
+	Logger    *slog.Logger
 	Out            io.Writer // where the next steps are printed
 }
 
@@ -67,13 +72,16 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		return nil, fmt.Errorf("listen for the example registry on %s: %w (pick another with --registry)", cfg.RegistryListen, err)
 	}
 	a, err := agentd.New(ctx, agentd.Config{DataDir: cfg.DataDir, Listen: cfg.Listen, Local: true,
-		DockerHost: cfg.DockerHost, Logger: cfg.Logger})
+		DockerHost: cfg.DockerHost, Logger: cfg.Logger, Namespace: cfg.Namespace})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
 	return &Main{cfg: cfg, agent: a, regLn: ln}, nil
 }
+
+// Addr returns the agent API's address.
+func (m *Main) Addr() string { return m.agent.Addr() }
 
 // Run serves the registry, installs the example on a first run and runs the
 // agent until ctx ends.
@@ -92,9 +100,12 @@ func (m *Main) Run(ctx context.Context) error {
 // installExample writes the example compose file and, when the device has
 // no app yet, makes it the target.
 func (m *Main) installExample(ctx context.Context) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find the reeve binary: %w", err)
+	exe := m.cfg.Binary
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return "", fmt.Errorf("find the reeve binary: %w", err)
+		}
 	}
 	image, err := selfimage.Push(ctx, m.regLn.Addr().String(), "reeve/example", exe, nil)
 	if err != nil {
@@ -199,11 +210,11 @@ Ctrl-C stops the agent; containers keep running and the next start resumes.
 func (m *Main) Close() error {
 	var err error
 	m.closeOne.Do(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
 		err = m.agent.Close()
 		if m.reg != nil {
-			err = errors.Join(err, m.reg.Shutdown(sctx))
+			// Closed, not shut down gracefully: the engine may hold a
+			// connection open, and nothing here needs finishing.
+			err = errors.Join(err, m.reg.Close())
 		} else {
 			err = errors.Join(err, m.regLn.Close())
 		}

@@ -1,0 +1,174 @@
+package devmode_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/devmode"
+	"reeve.dev/reeve/internal/localapi"
+	"reeve.dev/reeve/internal/runtime/docker"
+	"reeve.dev/reeve/internal/testimage"
+)
+
+// syncBuffer is a bytes.Buffer safe for the writer and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDevInstallsTheExample runs `reeve dev` as a user would on a first run:
+// the example is installed from the in-process registry, its web page
+// answers, and a restart resumes without reinstalling.
+func TestDevInstallsTheExample(t *testing.T) {
+	testimage.RequireDocker(t)
+	bin := filepath.Join(t.TempDir(), "reeve")
+	build := exec.Command("go", "build", "-o", bin, "reeve.dev/reeve/cmd/reeve")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build reeve: %v\n%s", err, out)
+	}
+	data := t.TempDir()
+	ns := "devtest"
+	t.Cleanup(func() { removeNamespace(t, ns) })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	run := func() (*devmode.Main, context.CancelFunc, chan error, *syncBuffer) {
+		out := &syncBuffer{}
+		m, err := devmode.New(context.Background(), devmode.Config{DataDir: data, Listen: "127.0.0.1:0",
+			RegistryListen: "127.0.0.1:0", Binary: bin, Namespace: ns, Logger: log, Out: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- m.Run(ctx) }()
+		return m, cancel, done, out
+	}
+	stop := func(cancel context.CancelFunc, done chan error) {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("reeve dev stopped with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("reeve dev did not stop")
+		}
+	}
+
+	m, cancel, done, out := run()
+	c := localapi.NewClient(m.Addr())
+	st := waitApplied(t, c, 1)
+	if len(st.Services) != 2 {
+		t.Fatalf("services %+v, want web and worker", st.Services)
+	}
+	for _, s := range st.Services {
+		if s.Status != agent.SvcRunning {
+			t.Errorf("%s is %s", s.Service, s.Status)
+		}
+	}
+	if !strings.Contains(out.String(), "reeve local status") || !strings.Contains(out.String(), filepath.Join(data, "example", "docker-compose.yml")) {
+		t.Errorf("next steps not printed:\n%s", out.String())
+	}
+	// The web page answers on the port the example publishes, and shows the
+	// worker's count from the shared volume.
+	var body string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://127.0.0.1:48480/")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			if strings.Contains(body, "counted to <b>") && !strings.Contains(body, "not yet") {
+				break
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(body, "Hello from reeve") || strings.Contains(body, "not yet") {
+		t.Fatalf("example page: %q", body)
+	}
+	stop(cancel, done)
+
+	// A second start resumes: same target version, nothing reinstalled.
+	m, cancel, done, _ = run()
+	c = localapi.NewClient(m.Addr())
+	st2 := waitApplied(t, c, 1)
+	for i := range st2.Services {
+		if st2.Services[i].ContainerID != st.Services[i].ContainerID {
+			t.Errorf("%s was recreated by a restart of reeve dev", st2.Services[i].Service)
+		}
+	}
+	stop(cancel, done)
+}
+
+func waitApplied(t *testing.T, c *localapi.Client, version int64) agent.Status {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := c.Status(context.Background())
+		if err == nil && st.TargetVersion == version && st.AppState == agent.AppStateApplied && len(st.Services) > 0 {
+			return st.Status
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not applied: %+v %v", st.Status, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func removeNamespace(t *testing.T, ns string) {
+	ctx := context.Background()
+	rt, err := docker.New(ctx, docker.Options{Namespace: ns})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer rt.Close()
+	snap, err := rt.Snapshot(ctx)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	for _, c := range snap.Containers {
+		_ = rt.Remove(ctx, c.ID)
+	}
+	for _, n := range snap.Networks {
+		_ = rt.RemoveNetwork(ctx, n.AppUUID, n.Name)
+	}
+	for _, v := range snap.Volumes {
+		_ = rt.RemoveVolume(ctx, v.AppUUID, v.Name)
+	}
+	for _, img := range snap.Images {
+		for _, ref := range img.Refs {
+			if strings.Contains(ref, "/reeve/example:") {
+				_ = rt.RemoveImage(ctx, ref)
+			}
+		}
+	}
+}
+
