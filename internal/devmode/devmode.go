@@ -37,7 +37,7 @@ type Config struct {
 	// the same engine (tests).
 	Namespace string
 	Logger    *slog.Logger
-	Out            io.Writer // where the next steps are printed
+	Out       io.Writer // where the next steps are printed
 }
 
 // Main runs `reeve dev`.

@@ -171,4 +171,3 @@ func removeNamespace(t *testing.T, ns string) {
 		}
 	}
 }
-
