@@ -206,7 +206,11 @@ func serviceStatusText(s agent.ServiceStatus) string {
 	if s.RestartCount > 0 {
 		parts = append(parts, fmt.Sprintf("restarts %d", s.RestartCount))
 	}
-	if s.Detail != "" {
+	switch {
+	case s.Detail == "":
+	case s.Status == agent.SvcWaiting && strings.HasPrefix(s.Detail, "waiting "):
+		parts[0] = s.Detail // "waiting for db", not "waiting - waiting for db"
+	default:
 		parts = append(parts, "- "+s.Detail)
 	}
 	if s.Error != "" {

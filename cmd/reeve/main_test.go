@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"reeve.dev/reeve/internal/agent"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -48,5 +50,24 @@ func TestUnreachableAgentExitsOne(t *testing.T) {
 	_, err := run(t, "local", "status", "--device", "127.0.0.1:1")
 	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "cannot reach the agent") {
 		t.Fatalf("err %v (exit %d), want exit 1 saying the agent cannot be reached", err, exitCode(err))
+	}
+}
+
+func TestServiceStatusText(t *testing.T) {
+	pc, code := 40, 3
+	for _, tc := range []struct {
+		s    agent.ServiceStatus
+		want string
+	}{
+		{agent.ServiceStatus{Status: agent.SvcDownloading, DownloadProgress: &pc}, "downloading 40 %"},
+		{agent.ServiceStatus{Status: agent.SvcExited, ExitCode: &code}, "exited (3)"},
+		{agent.ServiceStatus{Status: agent.SvcWaiting, Detail: "waiting for db"}, "waiting for db"},
+		{agent.ServiceStatus{Status: agent.SvcRunning, Health: "healthy", RestartCount: 2}, "running (healthy) restarts 2"},
+		{agent.ServiceStatus{Status: agent.SvcRunning, Error: "download failed: manifest unknown"}, "running - error: download failed: manifest unknown"},
+		{agent.ServiceStatus{Status: agent.SvcHandingOver}, "handing over"},
+	} {
+		if got := serviceStatusText(tc.s); got != tc.want {
+			t.Errorf("serviceStatusText(%+v) = %q, want %q", tc.s, got, tc.want)
+		}
 	}
 }

@@ -50,7 +50,13 @@ func (a *Agent) loop(ctx context.Context) {
 			delay = 0
 		case err != nil:
 			failures++
-			delay = backoff(a.cfg.BackoffMin, a.cfg.BackoffMax, failures)
+			maxD := a.cfg.BackoffMax
+			if errors.Is(err, runtime.ErrUnavailable) {
+				// An engine that is not up yet (at boot, say) is looked
+				// for often: nothing can be done until it answers.
+				maxD = min(maxD, 10*time.Second)
+			}
+			delay = backoff(a.cfg.BackoffMin, maxD, failures)
 			a.setLoopError(err, a.cfg.Now().Add(delay))
 			a.log.Warn("apply failed", "err", err, "retry_in", delay.Round(time.Millisecond))
 		case out == converged:

@@ -79,13 +79,15 @@ func (a *Agent) Status() Status {
 // the planned steps and downloads in progress.
 func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version int64, steps []engine.Step, env engine.Env) {
 	byStep := map[string]engine.Step{} // the step acting on a service
-	waitReason := ""
+	waits := map[string]string{}       // why a service waits
+	appWait := map[string]string{}     // why an app waits
 	for _, s := range steps {
-		if s.Action == engine.ActionNoop {
-			waitReason = s.Reason
-			continue
-		}
-		if s.Service != "" {
+		switch {
+		case s.Action == engine.ActionNoop && s.Service != "":
+			waits[svcKey(s.AppUUID, s.Service)] = s.Reason
+		case s.Action == engine.ActionNoop:
+			appWait[s.AppUUID] = s.Reason
+		case s.Service != "":
 			byStep[svcKey(s.AppUUID, s.Service)] = s
 		}
 	}
@@ -170,8 +172,10 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 				st.Detail = "update locked by a service"
 				locked = true
 			}
-			if st.Status == SvcWaiting && waitReason != "" {
-				st.Detail = waitReason
+			if r, ok := waits[k]; ok {
+				st.Detail = r
+			} else if r, ok := appWait[appUUID]; ok && st.Status == SvcWaiting {
+				st.Detail = r
 			}
 			if e, ok := a.svcErrors[k]; ok && st.Error == "" {
 				st.Error = e
