@@ -280,3 +280,48 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// An image the engine will not remove (a container reeve does not own uses
+// it) must not hold up a delete-then-download update for ever.
+func TestUnremovableImageDoesNotStallUpdates(t *testing.T) {
+	rt := &refusingRemove{fakeRuntime: newFake()}
+	a := newTestAgent(t, rt, t.TempDir())
+	defer a.Close()
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An owned image nothing uses: what delete-then-download clears first.
+	if err := a.db.addOwnedImage(ctx, "registry.example.com/other:1"); err != nil {
+		t.Fatal(err)
+	}
+	rt.mu.Lock()
+	rt.images["registry.example.com/other:1"] = true
+	rt.mu.Unlock()
+	ts := target(a, "c1", "registry.example.com/web:1", nil)
+	app := ts[a.UUID()].Apps["app1"]
+	svc := app.Releases["c1"].Services["web"]
+	svc.Labels = map[string]string{reeve.LabelUpdateStrategy: reeve.StrategyDeleteThenDownload}
+	app.Releases["c1"].Services["web"] = svc
+	v, err := a.SetTarget(ctx, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "convergence despite the unremovable image", func() bool {
+		st := a.Status()
+		return st.TargetVersion == v && st.AppState == AppStateApplied
+	})
+	owned, err := a.db.ownedImages(ctx)
+	if err != nil || owned["registry.example.com/other:1"] {
+		t.Fatalf("the unremovable image is still treated as the agent's (%v)", err)
+	}
+}
+
+type refusingRemove struct{ *fakeRuntime }
+
+func (r *refusingRemove) RemoveImage(_ context.Context, image string) error {
+	if image == "registry.example.com/other:1" {
+		return errors.New("conflict: unable to remove repository reference (must force) - container 1234 is using its referenced image")
+	}
+	return r.fakeRuntime.RemoveImage(context.Background(), image)
+}

@@ -12,6 +12,7 @@ import (
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/engine"
+	"reeve.dev/reeve/internal/runtime"
 )
 
 const (
@@ -62,10 +63,17 @@ func (a *Agent) execute(ctx context.Context, s engine.Step, env engine.Env) erro
 	case engine.ActionRemoveVolume:
 		return rt.RemoveVolume(ctx, s.Volume.AppUUID, s.Volume.Name)
 	case engine.ActionRemoveImage:
-		if err := rt.RemoveImage(ctx, s.Image); err != nil {
+		err := rt.RemoveImage(ctx, s.Image)
+		if err != nil && (errors.Is(err, runtime.ErrUnavailable) || ctx.Err() != nil) {
 			return err
 		}
-		return a.db.removeOwnedImage(ctx, s.Image)
+		if err != nil {
+			// The engine refuses (a container reeve does not own uses it,
+			// say): the image is no longer treated as the agent's, so that
+			// nothing waits on its removal again.
+			a.log.Warn("image kept: it could not be removed", "image", s.Image, "err", err)
+		}
+		return errors.Join(err, a.db.removeOwnedImage(ctx, s.Image))
 	case engine.ActionCleanup:
 		return rt.Cleanup(ctx)
 	case engine.ActionTakeLock:
