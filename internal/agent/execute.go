@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/engine"
@@ -109,32 +108,18 @@ func (a *Agent) start(ctx context.Context, s engine.Step) error {
 	return a.rt.Start(ctx, id)
 }
 
-// handover waits for the new container to signal that it has taken over, or
-// for the deadline, then kills the old one.
+// handover ends a hand-over: the new container has signalled that it has
+// taken over (or its time is up), so the old one is killed and the signal
+// cleared for the next hand-over. The wait itself is the planner's: it
+// plans a noop until then, so the loop and other apps are never held up.
 func (a *Agent) handover(ctx context.Context, s engine.Step) error {
-	signal := filepath.Join(a.lockDir(s.AppUUID, s.Service), handoverFile)
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if _, err := os.Stat(signal); err == nil {
-			break
-		}
-		if !s.Deadline.IsZero() && !a.cfg.Now().Before(s.Deadline) {
-			a.log.Info("hand-over timed out, killing the old container", "service", s.Service)
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 	if err := a.rt.Stop(ctx, s.Current.ID, 0); err != nil {
 		return err
 	}
 	if err := a.rt.Remove(ctx, s.Current.ID); err != nil {
 		return err
 	}
+	signal := filepath.Join(a.lockDir(s.AppUUID, s.Service), handoverFile)
 	if err := os.Remove(signal); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear hand-over signal: %w", err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"reeve.dev/reeve"
@@ -174,6 +175,9 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 			}
 			if r, ok := waits[k]; ok {
 				st.Detail = r
+				if strings.HasPrefix(r, engine.HandingOverPrefix) {
+					st.Status = SvcHandingOver
+				}
 			} else if r, ok := appWait[appUUID]; ok && st.Status == SvcWaiting {
 				st.Detail = r
 			}

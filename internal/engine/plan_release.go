@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"time"
 
 	"reeve.dev/reeve"
 )
@@ -394,13 +395,19 @@ func (r *releasePlan) planDuplicates(ts *targetService, live []reeve.ServiceStat
 func (r *releasePlan) planHandover(ts *targetService, old, nw reeve.ServiceState) {
 	deadline := nw.StartedAt.Add(ts.svc.HandoverTimeout())
 	switch {
-	case r.p.env.HandoverDone[r.uuid+"/"+ts.name] || r.p.env.Now.After(deadline):
-		r.kill(old)
-	case nw.Status == reeve.StatusRunning:
+	case r.p.env.HandoverDone[r.uuid+"/"+ts.name] || (nw.Status == reeve.StatusRunning && r.p.env.Now.After(deadline)):
+		// The new container has taken over (or had its time): the
+		// hand-over ends by killing the old one.
 		r.handled[old.ID] = true
 		r.leaving[old.ID] = true
 		r.destructive = append(r.destructive, Step{Action: ActionHandover, AppUUID: r.uuid, Service: ts.name,
 			Current: ptr(old), Target: r.spec(ts), Deadline: deadline})
+	case nw.Status == reeve.StatusRunning:
+		// Both run; the plan waits (without blocking the loop or other
+		// apps) for the signal or the deadline.
+		r.handled[old.ID] = true
+		r.midUpdate = true
+		r.wait(ts.name, fmt.Sprintf("%s %s until the new one signals or %s", HandingOverPrefix, ts.name, deadline.UTC().Format(time.RFC3339)))
 	default:
 		r.midUpdate = true
 		r.wait(ts.name, fmt.Sprintf("waiting for the new %s to run", ts.name))

@@ -127,6 +127,9 @@ func (s *sim) apply(steps []Step) {
 			if st.Action == ActionKill {
 				s.checkKeepsRelease(before, failedBefore, st)
 			}
+			if st.Action == ActionHandover {
+				delete(s.env.HandoverDone, st.AppUUID+"/"+st.Service)
+			}
 			s.snap.Containers = slices.Delete(s.snap.Containers, i, i+1)
 		case ActionStop:
 			i, ok := s.find(st.Current.ID)
@@ -397,6 +400,19 @@ func (s *sim) tick() {
 		kept = append(kept, c)
 	}
 	s.snap.Containers = kept
+	// A new container that runs next to an old one of its service signals
+	// that it has taken over, one tick after it started.
+	running := map[string]int{}
+	for _, c := range s.snap.Containers {
+		if c.Status == reeve.StatusRunning {
+			running[c.AppUUID+"/"+c.ServiceName]++
+		}
+	}
+	for k, n := range running {
+		if n >= 2 {
+			s.env.HandoverDone[k] = true
+		}
+	}
 }
 
 // checkConverged checks that the world matches the target.

@@ -213,30 +213,30 @@ func TestPlanHandover(t *testing.T) {
 		env:    Env{Locks: heldByAgent(appA)},
 		want:   []Step{startStep(newA, "web")},
 	}, {
-		name:   "new one running: hand over with a deadline",
+		name:   "new one running: wait for its signal, until the deadline",
 		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, newWeb}, Images: imgs("web:1", "web:2")},
 		target: device(newA),
 		env:    Env{Now: started.Add(time.Second), Locks: heldByAgent(appA)},
-		want:   []Step{handoverStep(newA, oldWeb, deadline)},
+		want:   []Step{noopStep(appA, "web", "handing over to the new web until the new one signals or "+deadline.UTC().Format(time.RFC3339))},
 	}, {
 		name:   "hand-over timeout label",
 		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, shortNew}, Images: imgs("web:1", "web:2")},
 		target: device(short),
-		env:    Env{Now: started.Add(time.Second), Locks: heldByAgent(appA)},
+		env:    Env{Now: started.Add(6 * time.Second), Locks: heldByAgent(appA)},
 		want:   []Step{handoverStep(short, oldWeb, started.Add(5*time.Second))},
 	}, {
-		name: "hand-over signalled: kill the old one",
+		name: "hand-over signalled: end it, killing the old one",
 		cur:  reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, newWeb}, Images: imgs("web:1", "web:2")},
 		env: Env{Now: started.Add(time.Second), Locks: heldByAgent(appA),
 			HandoverDone: map[string]bool{appA + "/web": true}},
 		target: device(newA),
-		want:   []Step{killStep(oldWeb)},
+		want:   []Step{handoverStep(newA, oldWeb, deadline)},
 	}, {
-		name:   "deadline past: kill the old one",
+		name:   "deadline past: end it, killing the old one",
 		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, newWeb}, Images: imgs("web:1", "web:2")},
 		target: device(newA),
 		env:    Env{Now: deadline.Add(time.Second), Locks: heldByAgent(appA)},
-		want:   []Step{killStep(oldWeb)},
+		want:   []Step{handoverStep(newA, oldWeb, deadline)},
 	}, {
 		name:   "new one restarting: wait for it",
 		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, restarting}, Images: imgs("web:1", "web:2")},
@@ -590,7 +590,7 @@ func TestPlanInterruptedHandoverKeepsNewer(t *testing.T) {
 			Images: images},
 		target: device(hoA),
 		env:    lock,
-		want:   []Step{handoverStep(hoA, hoOld.ctr("c1", "web", reeve.StatusRunning, created(t1)), t2.Add(reeve.DefaultHandoverTimeout))},
+		want:   []Step{noopStep(appA, "web", "handing over to the new web until the new one signals or "+t2.Add(reeve.DefaultHandoverTimeout).UTC().Format(time.RFC3339))},
 	}, {
 		name: "not hand-over, both running: the older goes",
 		cur: reeve.Snapshot{Containers: []reeve.ServiceState{

@@ -22,7 +22,7 @@ const (
 	ActionRemove         Action = "remove"         // remove Current (not running)
 	ActionUpdateMetadata Action = "updateMetadata" // move Current to Target's commit, no restart
 	ActionRestart        Action = "restart"        // stop and start Current
-	ActionHandover       Action = "handover"       // wait for Target's container (running) to take over, then kill Current
+	ActionHandover       Action = "handover"       // end a hand-over: Target's container has taken over (or its time is up), kill Current
 	ActionCreateNetwork  Action = "createNetwork"  // create Network
 	ActionRemoveNetwork  Action = "removeNetwork"  // remove Network
 	ActionCreateVolume   Action = "createVolume"   // create Volume, or give it a new definition keeping data when Replace
@@ -80,6 +80,9 @@ func short(s string) string {
 	}
 	return s
 }
+
+// HandingOverPrefix starts the Reason of a noop that waits for a hand-over.
+const HandingOverPrefix = "handing over to the new"
 
 // LockState says who holds an app's update locks.
 type LockState struct {
