@@ -82,6 +82,7 @@ type Runtime interface {
 	RemoveVolume(ctx context.Context, appUUID, name string) error
 
 	// Cleanup removes what reeve left behind and no longer needs (helper
-	// containers, dangling layers of images it replaced).
+	// containers of interrupted volume copies). It removes no images:
+	// images reeve no longer needs are removed through RemoveImage.
 	Cleanup(ctx context.Context) error
 }

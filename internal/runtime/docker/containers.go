@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -122,32 +123,71 @@ func (r *Runtime) serviceContainer(ctx context.Context, appUUID, service, commit
 	if len(list.Items) == 0 {
 		return "", fmt.Errorf("service %s has no container in app %s: %w", service, appUUID, runtime.ErrNotFound)
 	}
-	rank := func(s container.Summary) int {
-		n := 0
-		if len(s.Names) > 0 {
-			if _, c, _, ok := parseContainerName(s.Names[0]); ok && c == commit {
-				n += 2
-			}
+	cands := make([]candidate, 0, len(list.Items))
+	for _, it := range list.Items {
+		c := candidate{id: it.ID, running: it.State == container.StateRunning, created: time.Unix(it.Created, 0)}
+		if len(it.Names) > 0 {
+			c.name = it.Names[0]
 		}
-		if s.State == container.StateRunning {
+		cands = append(cands, c)
+	}
+	return current(cands, commit), nil
+}
+
+// candidate is a container of the service whose network stack another
+// service shares.
+type candidate struct {
+	id, name string
+	running  bool
+	created  time.Time
+}
+
+// current returns the ID of the container of a service that a service of
+// commit shares the network stack of: the one of commit if there is one,
+// else a running one, else the newest.
+func current(cands []candidate, commit string) string {
+	rank := func(c candidate) int {
+		n := 0
+		if _, cm, _, ok := parseContainerName(c.name); ok && cm == commit {
+			n += 2
+		}
+		if c.running {
 			n++
 		}
 		return n
 	}
-	items := list.Items
-	sort.SliceStable(items, func(i, j int) bool {
-		if ri, rj := rank(items[i]), rank(items[j]); ri != rj {
-			return ri > rj
+	best := ""
+	var bestC candidate
+	for i, c := range cands {
+		if i == 0 {
+			best, bestC = c.id, c
+			continue
 		}
-		return items[i].Created > items[j].Created
-	})
-	return items[0].ID, nil
+		rc, rb := rank(c), rank(bestC)
+		if rc > rb || (rc == rb && c.created.After(bestC.created)) {
+			best, bestC = c.id, c
+		}
+	}
+	return best
 }
 
 // Start starts a created or stopped container; starting a running one is a
 // no-op.
 func (r *Runtime) Start(ctx context.Context, id string) error {
 	_, err := r.c.ContainerStart(ctx, id, client.ContainerStartOptions{})
+	if isNotFound(err) {
+		// Not found may be the container whose network stack this one
+		// shares (network_mode service:x): that is not ErrNotFound of
+		// this container, which the caller would take as gone.
+		if res, ierr := r.c.ContainerInspect(ctx, id, client.ContainerInspectOptions{}); ierr == nil {
+			mode := ""
+			if res.Container.HostConfig != nil {
+				mode = string(res.Container.HostConfig.NetworkMode)
+			}
+			return fmt.Errorf("start container %s: it shares the network stack (%s) of a container that is gone; it must be recreated: %s",
+				shortID(id), mode, cleanMessage(err.Error()))
+		}
+	}
 	return r.wrap(err, "start container %s", shortID(id))
 }
 
@@ -220,6 +260,7 @@ func (r *Runtime) containers(ctx context.Context, imageLabels map[string]map[str
 		return nil, r.wrap(err, "list containers")
 	}
 	out := []reeve.ServiceState{}
+	var inspected []container.InspectResponse
 	for _, s := range list.Items {
 		res, err := r.c.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
 		if isNotFound(err) {
@@ -228,7 +269,19 @@ func (r *Runtime) containers(ctx context.Context, imageLabels map[string]map[str
 		if err != nil {
 			return nil, r.wrap(err, "inspect container %s", shortID(s.ID))
 		}
-		out = append(out, serviceState(res.Container, imageLabels[res.Container.Image]))
+		inspected = append(inspected, res.Container)
+	}
+	for _, c := range inspected {
+		st := serviceState(c, imageLabels[c.Image])
+		if stale := staleNetworkContainer(c, inspected); stale != "" {
+			// The config hash covers "service:x", not the container it
+			// was resolved to: report the container changed so that
+			// the planner recreates it on the current one.
+			r.log.Debug("container shares the network stack of a container that is not its service's current one",
+				"container", shortID(c.ID), "network_container", shortID(stale))
+			st.ConfigHash = ""
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].CreatedAt.Equal(out[j].CreatedAt) {
@@ -237,6 +290,53 @@ func (r *Runtime) containers(ctx context.Context, imageLabels map[string]map[str
 		return out[i].CreatedAt.Before(out[j].CreatedAt)
 	})
 	return out, nil
+}
+
+// staleNetworkContainer returns the container ID in c's network mode
+// container:<id> when that container is gone or is not the current one of
+// its service (see current) for c's commit; "" otherwise. all is every
+// container reeve owns.
+func staleNetworkContainer(c container.InspectResponse, all []container.InspectResponse) string {
+	if c.HostConfig == nil {
+		return ""
+	}
+	target, ok := strings.CutPrefix(string(c.HostConfig.NetworkMode), "container:")
+	if !ok || target == "" {
+		return ""
+	}
+	labels := func(x container.InspectResponse) map[string]string {
+		if x.Config == nil {
+			return nil
+		}
+		return x.Config.Labels
+	}
+	app := labels(c)[LabelAppUUID]
+	service := ""
+	for _, x := range all {
+		if x.ID == target || strings.TrimPrefix(x.Name, "/") == target {
+			if labels(x)[LabelAppUUID] == app {
+				service = labels(x)[LabelServiceName]
+			}
+			target = x.ID
+			break
+		}
+	}
+	if service == "" {
+		return target // gone, or not of this app
+	}
+	var cands []candidate
+	for _, x := range all {
+		if l := labels(x); l[LabelAppUUID] == app && l[LabelServiceName] == service {
+			cands = append(cands, candidate{
+				id: x.ID, name: x.Name, running: x.State != nil && x.State.Running, created: parseTime(x.Created),
+			})
+		}
+	}
+	_, commit, _, _ := parseContainerName(c.Name)
+	if current(cands, commit) != target {
+		return target
+	}
+	return ""
 }
 
 // serviceState reads a container's identity and state; imageLabels are the

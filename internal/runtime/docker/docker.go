@@ -33,20 +33,22 @@ import (
 // next to them; release labels may only use io.reeve.update.* and
 // io.reeve.features.*, so they never collide.
 const (
-	LabelManaged     = "io.reeve.managed" // "true" on containers, networks and volumes reeve owns
-	LabelAppUUID     = "io.reeve.app-uuid"
-	LabelAppID       = "io.reeve.app-id"
-	LabelServiceName = "io.reeve.service-name"
-	LabelConfigHash  = "io.reeve.config-hash"
-	LabelImage       = "io.reeve.image"    // normalized image reference
-	LabelNetworks    = "io.reeve.networks" // release network names, sorted, comma-joined
-	LabelVolumes     = "io.reeve.volumes"  // release volume names, sorted, comma-joined
-	LabelNetworkName = "io.reeve.network-name"
-	LabelVolumeName  = "io.reeve.volume-name"
-	LabelBackupOf    = "io.reeve.backup-of"    // on a backup volume: the engine name of the volume it copies
-	LabelBackupHash  = "io.reeve.backup-hash"  // on a backup volume: the config hash of the volume it copies
-	LabelHelper      = "io.reeve.helper"       // "true" on helper containers that copy volume data
-	LabelHelperOwner = "io.reeve.helper-owner" // on a helper: a random token of the Runtime that made it
+	LabelManaged      = "io.reeve.managed" // "true" on containers, networks and volumes reeve owns
+	LabelAppUUID      = "io.reeve.app-uuid"
+	LabelAppID        = "io.reeve.app-id"
+	LabelServiceName  = "io.reeve.service-name"
+	LabelConfigHash   = "io.reeve.config-hash"
+	LabelImage        = "io.reeve.image"    // normalized image reference
+	LabelNetworks     = "io.reeve.networks" // release network names, sorted, comma-joined
+	LabelVolumes      = "io.reeve.volumes"  // release volume names, sorted, comma-joined
+	LabelNetworkName  = "io.reeve.network-name"
+	LabelVolumeName   = "io.reeve.volume-name"
+	LabelBackupOf     = "io.reeve.backup-of"     // on a backup volume: the engine name of the volume it copies
+	LabelBackupHash   = "io.reeve.backup-hash"   // on a backup volume: the config hash of the volume it copies
+	LabelBackupID     = "io.reeve.backup-id"     // on a backup volume: a random token naming this backup
+	LabelRestoredFrom = "io.reeve.restored-from" // on a volume restore made: the backup-id it is restored from
+	LabelHelper       = "io.reeve.helper"        // "true" on helper containers that copy volume data
+	LabelHelperOwner  = "io.reeve.helper-owner"  // on a helper: the namespace (io.reeve.managed value) of the runtime that made it
 )
 
 // Options configures a Runtime.
@@ -79,11 +81,9 @@ type Runtime struct {
 
 	locks keyedMutex // serializes create/replace of one network or volume name
 
-	helperMu sync.RWMutex // copies (read) against Cleanup (write)
-	// owner marks this Runtime's helper containers; Cleanup removes
-	// others' only once they are older than helperMaxAge, in case another
-	// runtime on the same engine is copying (tests; a second agent).
-	owner        string
+	// Helper containers are marked with managed (LabelHelperOwner);
+	// Cleanup removes another namespace's only once they are older than
+	// helperMaxAge, in case another agent on the same engine is copying.
 	helperMaxAge time.Duration
 	managed      string // value of LabelManaged on what this runtime owns
 	prefix       string // put before app UUIDs in engine names: "" or "<namespace>_"
@@ -120,7 +120,6 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		host:         c.DaemonHost(),
 		creds:        opts.Credentials,
 		log:          log.With("runtime", "docker"),
-		owner:        randomToken(),
 		managed:      cmp.Or(opts.Namespace, "true"),
 		prefix:       namespacePrefix(opts.Namespace),
 		helperMaxAge: 10 * time.Minute,

@@ -767,8 +767,13 @@ func TestReplaceVolumeCrashStates(t *testing.T) {
 		return l
 	}
 	backupLabels := func(uuid string) map[string]string {
+		return map[string]string{docker.LabelBackupOf: uuid + "_data", docker.LabelBackupHash: oldDef.ConfigHash(), docker.LabelAppUUID: uuid, docker.LabelBackupID: "b1"}
+	}
+	// legacyLabels are those of a backup an agent made before backup ids.
+	legacyLabels := func(uuid string) map[string]string {
 		return map[string]string{docker.LabelBackupOf: uuid + "_data", docker.LabelBackupHash: oldDef.ConfigHash(), docker.LabelAppUUID: uuid}
 	}
+	bk := func(uuid string) string { return docker.BackupName(uuid + "_data") }
 	mk := func(name string, l map[string]string) {
 		if _, err := cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: name, Labels: l}); err != nil {
 			t.Fatal(err)
@@ -798,15 +803,35 @@ func TestReplaceVolumeCrashStates(t *testing.T) {
 		{"in step 1: backup partial, original intact", func(uuid string) {
 			mk(uuid+"_data", labels(uuid, oldDef))
 			writeVolume(t, cli, image, uuid+"_data", data)
-			mk(uuid+"_data_reeve-backup", backupLabels(uuid))
-			writeVolume(t, cli, image, uuid+"_data_reeve-backup", map[string]string{"a.txt": "al"})
+			mk(bk(uuid), backupLabels(uuid))
+			writeVolume(t, cli, image, bk(uuid), map[string]string{"a.txt": "al"})
+		}},
+		{"in step 1 after an earlier restore: backup partial, original intact", func(uuid string) {
+			l := labels(uuid, oldDef)
+			l[docker.LabelRestoredFrom] = "b0"
+			mk(uuid+"_data", l)
+			writeVolume(t, cli, image, uuid+"_data", data)
+			mk(bk(uuid), backupLabels(uuid))
+			writeVolume(t, cli, image, bk(uuid), map[string]string{"a.txt": "al"})
 		}},
 		{"after step 2: backup complete, original removed", func(uuid string) {
-			mk(uuid+"_data_reeve-backup", backupLabels(uuid))
+			mk(bk(uuid), backupLabels(uuid))
+			writeVolume(t, cli, image, bk(uuid), data)
+		}},
+		{"after step 2 of an older agent: legacy backup complete, original removed", func(uuid string) {
+			mk(uuid+"_data_reeve-backup", legacyLabels(uuid))
 			writeVolume(t, cli, image, uuid+"_data_reeve-backup", data)
 		}},
 		{"in step 4: backup complete, new volume partial", func(uuid string) {
-			mk(uuid+"_data_reeve-backup", backupLabels(uuid))
+			mk(bk(uuid), backupLabels(uuid))
+			writeVolume(t, cli, image, bk(uuid), data)
+			l := labels(uuid, newDef)
+			l[docker.LabelRestoredFrom] = "b1"
+			mk(uuid+"_data", l)
+			writeVolume(t, cli, image, uuid+"_data", map[string]string{"a.txt": "alpha"})
+		}},
+		{"in step 4 of an older agent: backup complete, new volume partial", func(uuid string) {
+			mk(uuid+"_data_reeve-backup", legacyLabels(uuid))
 			writeVolume(t, cli, image, uuid+"_data_reeve-backup", data)
 			mk(uuid+"_data", labels(uuid, newDef))
 			writeVolume(t, cli, image, uuid+"_data", map[string]string{"a.txt": "alpha"})
@@ -835,14 +860,18 @@ func TestReplaceVolumeCrashStates(t *testing.T) {
 			if diff := cmp.Diff(want, volumeFiles(t, cli, image, uuid+"_data")); diff != "" {
 				t.Errorf("volume content (-want +got):\n%s", diff)
 			}
-			if _, err := cli.VolumeInspect(ctx, uuid+"_data_reeve-backup", client.VolumeInspectOptions{}); err == nil {
-				t.Error("the backup volume is still there")
+			for _, b := range []string{bk(uuid), uuid + "_data_reeve-backup"} {
+				if _, err := cli.VolumeInspect(ctx, b, client.VolumeInspectOptions{}); err == nil {
+					t.Errorf("the backup volume %s is still there", b)
+				}
 			}
 			v, err := cli.VolumeInspect(ctx, uuid+"_data", client.VolumeInspectOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(labels(uuid, newDef), v.Volume.Labels); diff != "" {
+			got := v.Volume.Labels
+			delete(got, docker.LabelRestoredFrom) // harmless once the backup is gone
+			if diff := cmp.Diff(labels(uuid, newDef), got); diff != "" {
 				t.Errorf("new volume labels (-want +got):\n%s", diff)
 			}
 			removeHelpers(t, cli, image)

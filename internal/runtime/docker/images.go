@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/client"
 
@@ -18,8 +19,10 @@ import (
 
 // Fetch pulls an image, with the credentials of its registry if Options has
 // them. progress (may be nil) gets the bytes downloaded over the bytes to
-// download, summed over the layers the engine downloads; it ends with
-// Current == Total, also when nothing had to be downloaded.
+// download, summed over the layers the engine downloads (see pullProgress:
+// the percentage never goes down, and stays below 100 while a layer's size
+// is unknown; Current never exceeds Total); it ends with Current == Total,
+// also when nothing had to be downloaded.
 func (r *Runtime) Fetch(ctx context.Context, image string, progress func(runtime.Progress)) error {
 	ref, err := reeve.NormalizeImage(image)
 	if err != nil {
@@ -46,22 +49,12 @@ func (r *Runtime) Fetch(ctx context.Context, image string, progress func(runtime
 	}
 	defer resp.Close()
 
-	type layer struct{ cur, total int64 }
-	layers := map[string]*layer{}
-	var order []string
-	sum := func() runtime.Progress {
-		var p runtime.Progress
-		for _, id := range order {
-			p.Current += layers[id].cur
-			p.Total += layers[id].total
-		}
-		return p
-	}
 	report := func(p runtime.Progress) {
 		if progress != nil {
 			progress(p)
 		}
 	}
+	var pp pullProgress
 	for msg, err := range resp.JSONMessages(ctx) {
 		if err != nil {
 			return r.wrap(err, "%s", what)
@@ -69,43 +62,19 @@ func (r *Runtime) Fetch(ctx context.Context, image string, progress func(runtime
 		if msg.Error != nil {
 			return fmt.Errorf("%s: %s", what, cleanMessage(msg.Error.Message))
 		}
-		if msg.ID == "" {
-			continue
+		if p, ok := pp.observe(msg); ok {
+			report(p)
 		}
-		l := layers[msg.ID]
-		switch msg.Status {
-		case "Downloading":
-			if msg.Progress == nil {
-				continue
-			}
-			if l == nil {
-				l = &layer{}
-				layers[msg.ID] = l
-				order = append(order, msg.ID)
-			}
-			l.cur = msg.Progress.Current
-			if msg.Progress.Total > 0 {
-				l.total = msg.Progress.Total
-			}
-		case "Verifying Checksum", "Download complete", "Extracting", "Pull complete":
-			if l == nil || l.cur == l.total {
-				continue
-			}
-			l.cur = l.total
-		default:
-			continue
-		}
-		report(sum())
 	}
-	final := sum()
-	if final.Total == 0 {
+	var size int64
+	if pp.total() == 0 {
 		// Nothing was downloaded (the layers were there): the image's
 		// size is what there was to fetch.
-		if res, err := r.c.ImageInspect(ctx, ref); err == nil && res.Size > 0 {
-			final.Total = res.Size
+		if res, err := r.c.ImageInspect(ctx, ref); err == nil {
+			size = res.Size
 		}
 	}
-	final.Current = final.Total
+	final := pp.final(size)
 	report(final)
 	r.log.Debug("fetched image", "image", ref, "bytes", final.Total)
 	return nil
@@ -195,4 +164,119 @@ func (r *Runtime) Snapshot(ctx context.Context) (reeve.Snapshot, error) {
 		return reeve.Snapshot{}, fmt.Errorf("snapshot: %w", err)
 	}
 	return reeve.Snapshot{Containers: ctrs, Networks: nets, Volumes: vols, Images: images}, nil
+}
+
+// pullProgress sums the progress of a pull over its layers. Layers start
+// one after the other and the engine tells a layer's size only once its
+// download starts, so the sum alone would go backwards: a layer is counted
+// from its first message ("Pulling fs layer", "Waiting"), the report stays
+// at most 99 % while a layer's size is unknown, and the percentage reported
+// never goes down.
+type pullProgress struct {
+	layers  map[string]*pullLayer
+	order   []string
+	lastPct int // percentage last reported
+}
+
+type pullLayer struct {
+	cur, total int64
+	known      bool // total is the layer's size
+}
+
+// sum adds up the layers; a layer of unknown size counts as big as what
+// has arrived of it. all says every layer's size is known.
+func (pp *pullProgress) sum() (p runtime.Progress, all bool) {
+	all = true
+	for _, id := range pp.order {
+		l := pp.layers[id]
+		if l.known {
+			p.Current += min(l.cur, l.total)
+			p.Total += l.total
+		} else {
+			p.Current += l.cur
+			p.Total += l.cur
+			all = false
+		}
+	}
+	return p, all
+}
+
+func (pp *pullProgress) total() int64 {
+	p, _ := pp.sum()
+	return p.Total
+}
+
+func (pp *pullProgress) layer(id string) *pullLayer {
+	if pp.layers == nil {
+		pp.layers = map[string]*pullLayer{}
+	}
+	l := pp.layers[id]
+	if l == nil {
+		l = &pullLayer{}
+		pp.layers[id] = l
+		pp.order = append(pp.order, id)
+	}
+	return l
+}
+
+// observe takes one message of the pull and returns the progress to report,
+// if there is news.
+func (pp *pullProgress) observe(msg jsonstream.Message) (runtime.Progress, bool) {
+	if msg.ID == "" {
+		return runtime.Progress{}, false
+	}
+	switch msg.Status {
+	case "Pulling fs layer", "Waiting":
+		pp.layer(msg.ID)
+		return runtime.Progress{}, false
+	case "Downloading":
+		if msg.Progress == nil {
+			return runtime.Progress{}, false
+		}
+		l := pp.layer(msg.ID)
+		l.cur = max(l.cur, msg.Progress.Current)
+		if msg.Progress.Total > 0 {
+			l.total, l.known = msg.Progress.Total, true
+		}
+	case "Verifying Checksum", "Download complete", "Extracting", "Pull complete":
+		l := pp.layers[msg.ID]
+		if l == nil || (l.known && l.cur >= l.total) {
+			return runtime.Progress{}, false
+		}
+		if !l.known {
+			l.total, l.known = l.cur, true
+		}
+		l.cur = l.total
+	default:
+		return runtime.Progress{}, false
+	}
+	p, all := pp.sum()
+	if p.Total <= 0 {
+		return runtime.Progress{}, false
+	}
+	pct := p.Percent()
+	if !all && pct > 99 {
+		pct = 99
+	}
+	pct = max(pct, pp.lastPct)
+	pp.lastPct = pct
+	// Current as close to the bytes as the percentage allows.
+	if p.Percent() != pct {
+		p.Current = min((int64(pct)*p.Total+99)/100, p.Total)
+		if p.Percent() > pct {
+			p.Current = int64(pct) * p.Total / 100
+		}
+	}
+	return p, true
+}
+
+// final is the last report: everything done. size is what to report when
+// nothing was downloaded.
+func (pp *pullProgress) final(size int64) runtime.Progress {
+	p, _ := pp.sum()
+	if p.Total == 0 && size > 0 {
+		p.Total = size
+	}
+	p.Current = p.Total
+	return p
 }

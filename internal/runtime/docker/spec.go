@@ -47,9 +47,6 @@ func parseContainerName(name string) (service, commit, h8 string, ok bool) {
 // engineName is the engine name of a release network or volume.
 func engineName(appUUID, name string) string { return appUUID + "_" + name }
 
-// backupName is the engine name of the copy ReplaceVolume makes.
-func backupName(volume string) string { return volume + "_reeve-backup" }
-
 // createRequest is everything ContainerCreate needs, plus the networks to
 // connect after create (API 1.41 takes one endpoint at create).
 type createRequest struct {

@@ -48,7 +48,8 @@ func TestCleanMessage(t *testing.T) {
 }
 
 // TestRebaseTar checks both namings an engine may give the archive of
-// "/v/.": entries under "./" (what Docker 20.10 sends) or under "v/".
+// "/v/.": entries under "./" (what Docker 20.10 sends) or under "v/"; both
+// come out under "v/", to be extracted at "/".
 func TestRebaseTar(t *testing.T) {
 	for _, root := range []string{"./", "v/"} {
 		var in bytes.Buffer
@@ -62,8 +63,12 @@ func TestRebaseTar(t *testing.T) {
 		tw.Close()
 
 		var out bytes.Buffer
-		if err := rebaseTar(&in, &out); err != nil {
+		st, err := rebaseTar(&in, &out)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if st != (tarStats{entries: 5, bytes: 2}) {
+			t.Errorf("root %q: counted %+v, want 5 entries, 2 bytes", root, st)
 		}
 		var got []string
 		tr := tar.NewReader(&out)
@@ -78,7 +83,7 @@ func TestRebaseTar(t *testing.T) {
 			b, _ := io.ReadAll(tr)
 			got = append(got, h.Name+" -> "+h.Linkname+" "+string(b))
 		}
-		want := []string{"./ ->  ", "./a ->  hi", "./d/ ->  ", "./d/b -> ./a ", "./d/s -> ../a "}
+		want := []string{"v/ ->  ", "v/a ->  hi", "v/d/ ->  ", "v/d/b -> v/a ", "v/d/s -> ../a "}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("root %q (-want +got):\n%s", root, diff)
 		}

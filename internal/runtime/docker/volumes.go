@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -20,23 +22,39 @@ import (
 )
 
 // A volume's data survives a change of definition through a backup volume
-// <volume>_reeve-backup (labels io.reeve.backup-of and io.reeve.backup-hash,
-// the config hash of the volume it copies). ReplaceVolume:
+// reeve.backup_<volume> (labels io.reeve.backup-of, the volume it copies;
+// io.reeve.backup-hash, the config hash of that volume; io.reeve.backup-id,
+// a random token naming this backup). The name cannot be a release
+// volume's: those are <namespace_>?<appUUID>_<name>, and neither an app
+// UUID nor a namespace is "reeve.backup". ReplaceVolume:
 //
 //	(1) create the backup, copy the volume into it
 //	(2) remove the volume
-//	(3) create the volume with the new definition
+//	(3) create the volume with the new definition and the label
+//	    io.reeve.restored-from=<backup-id>
 //	(4) copy the backup into it
 //	(5) remove the backup
 //
 // Whatever step a crash interrupts, the state on the engine says what to do:
 //
-//   - backup and volume with the backup's hash: stopped in (1) or (2); the
-//     volume is intact, the backup may be partial and is dropped.
+//   - backup and a volume restored from it (restored-from is the backup's
+//     id), whatever its hash: stopped in (3) or (4); the backup is
+//     complete, the volume partial.
+//   - backup and a volume with another hash: likewise (a volume made by an
+//     agent from before io.reeve.restored-from).
+//   - backup and volume with the backup's hash, not restored from it:
+//     stopped in (1) or (2); the volume is intact, the backup may be
+//     partial and is dropped.
 //   - backup, no volume: stopped after (2); the backup is complete.
-//   - backup and volume with another hash: stopped in (3) or (4); the backup
-//     is complete, the volume partial. Snapshot does not list such a
-//     volume, so the planner creates it, and CreateVolume (re)does (3)–(5).
+//
+// Snapshot does not list a partial volume, so the planner creates it, and
+// CreateVolume (re)does (3)–(5). (3)–(5) are also how CreateVolume restores
+// a backup when the target went back to the backup's own definition: that
+// is why a partial volume is told by its restored-from label, not its hash.
+
+// legacyID is the backup id of a backup an agent made before backups had
+// ids (named <volume>_reeve-backup).
+const legacyID = "legacy"
 
 // CreateVolume creates the release volume <appUUID>_<name>. If a backup
 // left by an interrupted ReplaceVolume exists, its data is restored into
@@ -58,8 +76,8 @@ func (r *Runtime) createVolume(ctx context.Context, spec reeve.VolumeSpec, name 
 		return err
 	}
 	if hasBackup {
-		if !exists || vol.Labels[LabelConfigHash] != backup.Labels[LabelBackupHash] {
-			return r.restore(ctx, spec, name, exists)
+		if !exists || partialRestore(vol, backup) {
+			return r.restore(ctx, spec, name, backup, vol, exists)
 		}
 		// The original is intact; the copy may be partial.
 		if err := r.removeVolume(ctx, backup.Name); err != nil {
@@ -72,7 +90,14 @@ func (r *Runtime) createVolume(ctx context.Context, spec reeve.VolumeSpec, name 
 		}
 		return fmt.Errorf("create volume %s: a volume of that name exists with another definition", name)
 	}
-	return r.newVolume(ctx, spec, name)
+	return r.newVolume(ctx, spec, name, "")
+}
+
+// partialRestore reports whether vol is a copy of backup that restore has
+// not finished.
+func partialRestore(vol, backup volume.Volume) bool {
+	return vol.Labels[LabelRestoredFrom] == backupID(backup) ||
+		vol.Labels[LabelConfigHash] != backup.Labels[LabelBackupHash]
 }
 
 // ReplaceVolume gives an existing volume a new definition, keeping its data
@@ -95,29 +120,40 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 	}
 	oldHash := vol.Labels[LabelConfigHash]
 	if hasBackup {
-		if oldHash != backup.Labels[LabelBackupHash] {
-			return r.restore(ctx, spec, name, true)
+		if partialRestore(vol, backup) {
+			return r.restore(ctx, spec, name, backup, vol, true)
 		}
 		if err := r.removeVolume(ctx, backup.Name); err != nil {
 			return fmt.Errorf("replace volume %s: drop stale backup: %w", name, err)
 		}
 	}
-	if vol.Labels[LabelManaged] == r.managed && oldHash == spec.Volume.ConfigHash() {
+	if vol.Labels[LabelManaged] != r.managed {
+		return fmt.Errorf("replace volume %s: the volume of that name is not reeve's", name)
+	}
+	if oldHash == spec.Volume.ConfigHash() {
 		return nil
 	}
 
 	// (1) back up.
 	bname := backupName(name)
-	_, err = r.c.VolumeCreate(ctx, client.VolumeCreateOptions{
-		Name: bname,
-		Labels: map[string]string{
-			LabelBackupOf:   name,
-			LabelBackupHash: oldHash,
-			LabelAppUUID:    spec.AppUUID,
-		},
-	})
-	if err != nil {
+	id := randomToken()
+	labels := map[string]string{
+		LabelBackupOf:   name,
+		LabelBackupHash: oldHash,
+		LabelBackupID:   id,
+		LabelAppUUID:    spec.AppUUID,
+	}
+	if _, err := r.c.VolumeCreate(ctx, client.VolumeCreateOptions{Name: bname, Labels: labels}); err != nil {
 		return r.wrap(err, "replace volume %s: create backup volume %s", name, bname)
+	}
+	// The engine returns a volume that exists instead of creating one:
+	// write only into the backup just made, never into another volume.
+	backup, ok, err := r.inspectVolume(ctx, bname)
+	if err != nil {
+		return fmt.Errorf("replace volume %s: %w", name, err)
+	}
+	if !ok || !isBackupOf(backup, name) || backup.Labels[LabelBackupID] != id || backup.Labels[LabelBackupHash] != oldHash {
+		return fmt.Errorf("replace volume %s: a volume named %s exists that is not its backup: not touching it", name, bname)
 	}
 	if err := r.copyVolume(ctx, name, bname); err != nil {
 		return fmt.Errorf("replace volume %s: back up: %w", name, err)
@@ -127,7 +163,7 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 		return fmt.Errorf("replace volume %s: remove old volume: %w", name, err)
 	}
 	// (3)–(5)
-	if err := r.restore(ctx, spec, name, false); err != nil {
+	if err := r.restore(ctx, spec, name, backup, volume.Volume{}, false); err != nil {
 		return fmt.Errorf("replace volume %s: %w", name, err)
 	}
 	return nil
@@ -135,29 +171,32 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 
 // restore does (3)–(5): (re)create the volume from spec and copy the
 // complete backup into it, then drop the backup. exists says a partial
-// volume of that name is there.
-func (r *Runtime) restore(ctx context.Context, spec reeve.VolumeSpec, name string, exists bool) error {
+// volume vol of that name is there.
+func (r *Runtime) restore(ctx context.Context, spec reeve.VolumeSpec, name string, backup, vol volume.Volume, exists bool) error {
 	if exists {
+		if vol.Labels[LabelManaged] != r.managed {
+			return fmt.Errorf("restore volume %s: a volume of that name exists that is not reeve's", name)
+		}
 		if err := r.removeVolume(ctx, name); err != nil {
 			return fmt.Errorf("restore volume %s: remove partial copy: %w", name, err)
 		}
 	}
-	if err := r.newVolume(ctx, spec, name); err != nil {
+	if err := r.newVolume(ctx, spec, name, backupID(backup)); err != nil {
 		return err
 	}
-	bname := backupName(name)
-	if err := r.copyVolume(ctx, bname, name); err != nil {
-		return fmt.Errorf("restore volume %s from %s: %w", name, bname, err)
+	if err := r.copyVolume(ctx, backup.Name, name); err != nil {
+		return fmt.Errorf("restore volume %s from %s: %w", name, backup.Name, err)
 	}
-	if err := r.removeVolume(ctx, bname); err != nil {
+	if err := r.removeVolume(ctx, backup.Name); err != nil {
 		return fmt.Errorf("restore volume %s: %w", name, err)
 	}
 	r.log.Info("restored volume data", "volume", name)
 	return nil
 }
 
-// newVolume creates the volume with reeve's labels.
-func (r *Runtime) newVolume(ctx context.Context, spec reeve.VolumeSpec, name string) error {
+// newVolume creates the volume with reeve's labels; restoredFrom is the id
+// of the backup that restore copies into it, "" for none.
+func (r *Runtime) newVolume(ctx context.Context, spec reeve.VolumeSpec, name, restoredFrom string) error {
 	labels := map[string]string{}
 	maps.Copy(labels, spec.Volume.Labels)
 	maps.Copy(labels, map[string]string{
@@ -166,6 +205,9 @@ func (r *Runtime) newVolume(ctx context.Context, spec reeve.VolumeSpec, name str
 		LabelVolumeName: spec.Name,
 		LabelConfigHash: spec.Volume.ConfigHash(),
 	})
+	if restoredFrom != "" {
+		labels[LabelRestoredFrom] = restoredFrom
+	}
 	_, err := r.c.VolumeCreate(ctx, client.VolumeCreateOptions{
 		Name:       name,
 		Driver:     spec.Volume.Driver,
@@ -183,10 +225,11 @@ func (r *Runtime) RemoveVolume(ctx context.Context, appUUID, name string) error 
 	if err := r.removeVolume(ctx, full); err != nil {
 		return err
 	}
-	if _, ok, err := r.backupOf(ctx, full); err != nil || !ok {
+	b, ok, err := r.backupOf(ctx, full)
+	if err != nil || !ok {
 		return err
 	}
-	return r.removeVolume(ctx, backupName(full))
+	return r.removeVolume(ctx, b.Name)
 }
 
 // removeVolume removes a volume, and first the helper containers an
@@ -221,13 +264,40 @@ func (r *Runtime) inspectVolume(ctx context.Context, name string) (volume.Volume
 	return res.Volume, true, nil
 }
 
+// backupName is the engine name of the backup of volume (an engine name).
+func backupName(volume string) string { return "reeve.backup_" + volume }
+
+// legacyBackupName is the name agents used before backupName; it can be a
+// release volume's name, so a volume of that name is a backup only when it
+// is not managed.
+func legacyBackupName(volume string) string { return volume + "_reeve-backup" }
+
+// isBackupOf reports whether v is a backup of volume name made by reeve.
+func isBackupOf(v volume.Volume, name string) bool {
+	return v.Labels[LabelBackupOf] == name && v.Labels[LabelManaged] == "" &&
+		(v.Name == backupName(name) || v.Name == legacyBackupName(name))
+}
+
+// backupID is the id of a backup.
+func backupID(v volume.Volume) string {
+	if id := v.Labels[LabelBackupID]; id != "" {
+		return id
+	}
+	return legacyID
+}
+
 // backupOf returns the backup of volume name, if there is one.
 func (r *Runtime) backupOf(ctx context.Context, name string) (volume.Volume, bool, error) {
-	v, ok, err := r.inspectVolume(ctx, backupName(name))
-	if err != nil || !ok || v.Labels[LabelBackupOf] != name {
-		return volume.Volume{}, false, err
+	for _, bn := range []string{backupName(name), legacyBackupName(name)} {
+		v, ok, err := r.inspectVolume(ctx, bn)
+		if err != nil {
+			return volume.Volume{}, false, err
+		}
+		if ok && isBackupOf(v, name) {
+			return v, true, nil
+		}
 	}
-	return v, true, nil
+	return volume.Volume{}, false, nil
 }
 
 // volumes lists the volumes reeve owns, leaving out a volume that is being
@@ -241,15 +311,15 @@ func (r *Runtime) volumes(ctx context.Context) ([]reeve.VolumeState, error) {
 	if err != nil {
 		return nil, r.wrap(err, "list backup volumes")
 	}
-	backupHash := map[string]string{}
+	backupOf := map[string][]volume.Volume{}
 	for _, b := range backups.Items {
-		if b.Name == backupName(b.Labels[LabelBackupOf]) {
-			backupHash[b.Labels[LabelBackupOf]] = b.Labels[LabelBackupHash]
+		if isBackupOf(b, b.Labels[LabelBackupOf]) {
+			backupOf[b.Labels[LabelBackupOf]] = append(backupOf[b.Labels[LabelBackupOf]], b)
 		}
 	}
 	out := []reeve.VolumeState{}
 	for _, v := range list.Items {
-		if h, ok := backupHash[v.Name]; ok && h != v.Labels[LabelConfigHash] {
+		if slices.ContainsFunc(backupOf[v.Name], func(b volume.Volume) bool { return partialRestore(v, b) }) {
 			continue
 		}
 		out = append(out, reeve.VolumeState{
@@ -270,11 +340,13 @@ func (r *Runtime) volumes(ctx context.Context) ([]reeve.VolumeState, error) {
 // copyVolume copies the content of volume from into volume to, without
 // running anything: two helper containers (created, never started) mount
 // the volumes at /v, and the archive API streams one into the other.
-// Owners, modes and times are kept.
+// Owners, modes and times are kept, also the volume root's. The copy is
+// checked (entries and bytes read back from to) before it returns.
 func (r *Runtime) copyVolume(ctx context.Context, from, to string) error {
 	// Cleanup removes helpers; not while a copy uses them.
-	r.helperMu.RLock()
-	defer r.helperMu.RUnlock()
+	mu := helperLock(r.managed)
+	mu.RLock()
+	defer mu.RUnlock()
 	image, err := r.helperImage(ctx)
 	if err != nil {
 		return err
@@ -298,12 +370,17 @@ func (r *Runtime) copyVolume(ctx context.Context, from, to string) error {
 
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
+	var sent tarStats
 	go func() {
-		err := rebaseTar(res.Content, pw)
+		var err error
+		sent, err = rebaseTar(res.Content, pw)
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	_, err = r.c.CopyToContainer(ctx, dst, client.CopyToContainerOptions{DestinationPath: "/v", Content: pr})
+	// Entries are named v/…, extracted at /: the engine applies the
+	// owner and mode of the v/ entry to the mount point, the volume root
+	// (it skips them for the "." entry of an archive extracted into /v).
+	_, err = r.c.CopyToContainer(ctx, dst, client.CopyToContainerOptions{DestinationPath: "/", Content: pr})
 	pr.CloseWithError(errors.New("copy aborted"))
 	rerr := <-done
 	if err != nil {
@@ -312,13 +389,32 @@ func (r *Runtime) copyVolume(ctx context.Context, from, to string) error {
 	if rerr != nil {
 		return fmt.Errorf("read volume %s: %w", from, rerr)
 	}
+
+	// Check: read the copy back.
+	back, err := r.c.CopyFromContainer(ctx, dst, client.CopyFromContainerOptions{SourcePath: "/v/."})
+	if err != nil {
+		return r.wrap(err, "check volume %s", to)
+	}
+	defer back.Content.Close()
+	got, err := rebaseTar(back.Content, io.Discard)
+	if err != nil {
+		return fmt.Errorf("check volume %s: %w", to, err)
+	}
+	if got != sent {
+		return fmt.Errorf("copy volume %s to %s: the copy has %d entries and %d bytes, the original %d and %d",
+			from, to, got.entries, got.bytes, sent.entries, sent.bytes)
+	}
 	return nil
 }
 
-// rebaseTar copies a tar stream, naming every entry relative to the copied
-// directory ("./" for the directory itself, "./a/b" below it), whether the
-// engine named them "./…" or "v/…".
-func rebaseTar(in io.Reader, out io.Writer) error {
+// tarStats counts the entries of an archive and the bytes of its files.
+type tarStats struct{ entries, bytes int64 }
+
+// rebaseTar copies a tar stream, naming every entry under "v/" ("v/" for
+// the copied directory itself, "v/a/b" below it), whether the engine named
+// them "./…" or "v/…", and counts what it copied.
+func rebaseTar(in io.Reader, out io.Writer) (tarStats, error) {
+	var st tarStats
 	tr := tar.NewReader(in)
 	tw := tar.NewWriter(out)
 	root := ""
@@ -328,7 +424,7 @@ func rebaseTar(in io.Reader, out io.Writer) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read archive: %w", err)
+			return st, fmt.Errorf("read archive: %w", err)
 		}
 		if root == "" {
 			// The first entry is the directory itself.
@@ -339,23 +435,26 @@ func rebaseTar(in io.Reader, out io.Writer) error {
 			hdr.Linkname = rebase(hdr.Linkname, root)
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return fmt.Errorf("write archive: %w", err)
+			return st, fmt.Errorf("write archive: %w", err)
 		}
-		if _, err := io.Copy(tw, tr); err != nil {
-			return fmt.Errorf("copy %s: %w", hdr.Name, err)
+		n, err := io.Copy(tw, tr)
+		if err != nil {
+			return st, fmt.Errorf("copy %s: %w", hdr.Name, err)
 		}
+		st.entries++
+		st.bytes += n
 	}
 	if err := tw.Close(); err != nil {
-		return fmt.Errorf("write archive: %w", err)
+		return st, fmt.Errorf("write archive: %w", err)
 	}
-	return nil
+	return st, nil
 }
 
 func rebase(name, root string) string {
 	if strings.TrimSuffix(name, "/")+"/" == root {
-		return "./"
+		return "v/"
 	}
-	return "./" + strings.TrimPrefix(name, root)
+	return "v/" + strings.TrimPrefix(name, root)
 }
 
 // helperImage returns the ID of an image present on the engine to create
@@ -384,7 +483,7 @@ func (r *Runtime) createHelper(ctx context.Context, image, vol string) (string, 
 		Config: &container.Config{
 			Image:           image,
 			Entrypoint:      []string{"/reeve-helper-is-never-started"},
-			Labels:          map[string]string{LabelHelper: "true", LabelHelperOwner: r.owner},
+			Labels:          map[string]string{LabelHelper: "true", LabelHelperOwner: r.managed},
 			NetworkDisabled: true,
 		},
 		HostConfig: &container.HostConfig{
@@ -410,15 +509,19 @@ func (r *Runtime) removeHelper(ctx context.Context, id string) {
 	}
 }
 
-// Cleanup removes helper containers a crash left behind and dangling images
-// (layers of replaced images that no tag points at). Its own helpers are
-// removed at once (it waits for copies in progress); another runtime's only
-// once they are older than helperMaxAge, so that Cleanup never breaks a
-// copy another process on the same engine is making. (An operation on a
-// volume removes the leftover helpers that mount it at once.)
+// Cleanup removes helper containers a crash left behind. Those of its
+// namespace (the agent's own, and those of the agent that ran before it)
+// are removed at once: it waits for the copies this process is making.
+// Another namespace's are removed only once they are older than
+// helperMaxAge, so that Cleanup never breaks a copy another agent on the
+// same engine is making. (An operation on a volume removes the leftover
+// helpers that mount it at once.) Images are not touched: the agent removes
+// the images it no longer needs by reference (RemoveImage), and an untagged
+// image (pulled by digest, or the user's) is not reeve's to remove.
 func (r *Runtime) Cleanup(ctx context.Context) error {
-	r.helperMu.Lock()
-	defer r.helperMu.Unlock()
+	mu := helperLock(r.managed)
+	mu.Lock()
+	defer mu.Unlock()
 	list, err := r.c.ContainerList(ctx, client.ContainerListOptions{
 		All:     true,
 		Filters: client.Filters{}.Add("label", LabelHelper+"=true"),
@@ -428,7 +531,7 @@ func (r *Runtime) Cleanup(ctx context.Context) error {
 	}
 	for _, c := range list.Items {
 		age := time.Since(time.Unix(c.Created, 0))
-		if c.Labels[LabelHelperOwner] != r.owner && age < r.helperMaxAge {
+		if c.Labels[LabelHelperOwner] != r.managed && age < r.helperMaxAge {
 			continue
 		}
 		_, err := r.c.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
@@ -437,8 +540,16 @@ func (r *Runtime) Cleanup(ctx context.Context) error {
 		}
 		r.log.Info("removed leftover helper container", "container", shortID(c.ID), "age", age.Round(time.Second))
 	}
-	if _, err := r.c.ImagePrune(ctx, client.ImagePruneOptions{Filters: client.Filters{}.Add("dangling", "true")}); err != nil {
-		return r.wrap(err, "cleanup: remove dangling images")
-	}
 	return nil
+}
+
+// helperLocks holds, per namespace, the lock that keeps Cleanup from
+// removing the helpers of a copy in progress in this process (copies read,
+// Cleanup writes). It is per process, not per Runtime, since helpers are
+// marked with the namespace.
+var helperLocks sync.Map // namespace → *sync.RWMutex
+
+func helperLock(namespace string) *sync.RWMutex {
+	mu, _ := helperLocks.LoadOrStore(namespace, &sync.RWMutex{})
+	return mu.(*sync.RWMutex)
 }
