@@ -340,9 +340,15 @@ func (s Service) validate(at, name string, r Release, p *problems) {
 			p.add(dp, "a service cannot depend on itself")
 		}
 		switch cond := c.DependsOn[dep].Condition; cond {
-		case "", ConditionStarted, ConditionHealthy, ConditionCompleted:
+		case "", ConditionStarted, ConditionHealthy:
 			// service_healthy on a service without a healthcheck in the
 			// release is allowed: its image may declare one.
+		case ConditionCompleted:
+			if d, ok := r.Services[dep]; ok {
+				if rp := d.Composition.RestartPolicy(); rp == "always" || rp == "unless-stopped" {
+					p.add(dp, "waits for service %q to complete, but its restart policy is %s, so it never would: set its restart to \"no\" or \"on-failure\"", dep, rp)
+				}
+			}
 		default:
 			p.add(join(dp, "condition"), "unknown condition %q: use %s, %s or %s", cond, ConditionStarted, ConditionHealthy, ConditionCompleted)
 		}

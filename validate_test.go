@@ -175,3 +175,21 @@ func FuzzParseTargetState(f *testing.F) {
 		}
 	})
 }
+
+func TestCompletedDependencyMustNotRestartAlways(t *testing.T) {
+	mk := func(restart string) DeviceTarget {
+		return DeviceTarget{Apps: map[string]App{"a": {Releases: map[string]Release{"c": {Services: map[string]Service{
+			"migrate": {Image: "x", Composition: Composition{Restart: restart}},
+			"web":     {Image: "x", Composition: Composition{DependsOn: map[string]Dependency{"migrate": {Condition: ConditionCompleted}}}},
+		}}}}}}
+	}
+	for restart, ok := range map[string]bool{"": false, "always": false, "unless-stopped": false, "no": true, "on-failure:3": true} {
+		err := mk(restart).Validate()
+		if ok != (err == nil) {
+			t.Errorf("restart %q: %v", restart, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), `depends_on.migrate: waits for service "migrate" to complete`) {
+			t.Errorf("restart %q: %v", restart, err)
+		}
+	}
+}

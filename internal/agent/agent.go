@@ -5,6 +5,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,9 +22,14 @@ import (
 
 // Config configures an Agent. Zero values get the documented defaults.
 type Config struct {
-	// DataDir holds the database, lock directories and anything else the
-	// agent keeps. Required.
+	// DataDir holds the database and anything else the agent keeps.
+	// Required.
 	DataDir string
+	// RunDir holds what must not outlive a reboot: the services' update
+	// lock directories (a lock held when the power went must not block
+	// updates for ever). Default: /run/reeve/<hash of DataDir>, on tmpfs;
+	// <DataDir>/run when /run cannot be written.
+	RunDir string
 	// Runtime runs the services. Required.
 	Runtime runtime.Runtime
 	Logger  *slog.Logger
@@ -80,6 +87,18 @@ func (c *Config) defaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.RunDir == "" {
+		abs, err := filepath.Abs(c.DataDir)
+		if err != nil {
+			abs = c.DataDir
+		}
+		sum := sha256.Sum256([]byte(abs))
+		c.RunDir = filepath.Join("/run/reeve", hex.EncodeToString(sum[:8]))
+		if err := os.MkdirAll(c.RunDir, 0o755); err != nil {
+			c.Logger.Warn("update locks kept in the data directory: /run cannot be written, so a lock held at a power cut survives it", "err", err)
+			c.RunDir = filepath.Join(c.DataDir, "run")
+		}
+	}
 	return nil
 }
 
@@ -94,13 +113,17 @@ type Agent struct {
 
 	wake chan struct{}
 
+	setMu sync.Mutex // one SetTarget at a time: stored and applied in the same order
+
 	mu          sync.Mutex
 	target      reeve.TargetState
 	version     int64
+	hasTarget   bool               // a valid target has been stored; without one nothing is touched
 	applyCancel context.CancelFunc // cancels the batch in progress
 	fetches     map[string]*fetch  // by normalized image reference
 	fetchFailed map[string]*fetchFailure
-	svcErrors   map[string]string // "<app>/<service>" → last step error
+	stepFailed  map[string]*fetchFailure // by stepKey: failed steps wait out their backoff
+	svcErrors   map[string]string        // "<app>/<service>" → last step error
 	status      Status
 	loopAlive   time.Time
 
@@ -137,7 +160,15 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	ts, version, err := d.target(ctx)
-	if err != nil {
+	var invalid *reeve.ValidationError
+	switch {
+	case errors.As(err, &invalid):
+		// Written by another version of reeve, say. Applying nothing is
+		// safe; applying an empty target would remove every app. A new
+		// target replaces it.
+		cfg.Logger.Error("the stored target state is not valid for this agent; waiting for a new one", "err", err)
+		ts = nil
+	case err != nil:
 		d.close()
 		return nil, err
 	}
@@ -150,11 +181,16 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		wake:        make(chan struct{}, 1),
 		target:      ts,
 		version:     version,
+		hasTarget:   ts != nil,
 		fetches:     map[string]*fetch{},
 		fetchFailed: map[string]*fetchFailure{},
+		stepFailed:  map[string]*fetchFailure{},
 		svcErrors:   map[string]string{},
 	}
 	a.status = Status{DeviceUUID: uuid, AppState: AppStateApplying, TargetVersion: version}
+	if invalid != nil {
+		a.status.LastError = "the stored target state is not valid for this agent, so nothing is applied until a new one is set: " + invalid.Error()
+	}
 	return a, nil
 }
 
@@ -226,12 +262,15 @@ func (a *Agent) SetTarget(ctx context.Context, ts reeve.TargetState) (int64, err
 			Message: fmt.Sprintf("the target state has no entry for this device (%s)", a.uuid),
 		}}}
 	}
+	a.setMu.Lock()
+	defer a.setMu.Unlock()
 	version, err := a.db.setTarget(ctx, ts)
 	if err != nil {
 		return 0, err
 	}
 	a.mu.Lock()
-	a.target, a.version = ts, version
+	a.target, a.version, a.hasTarget = ts, version, true
+	clear(a.stepFailed) // a new target gets fresh attempts
 	if a.applyCancel != nil {
 		a.applyCancel()
 	}
@@ -266,18 +305,19 @@ func (a *Agent) Healthy() error {
 // lockDir is the host directory holding a service's update lock and
 // hand-over signal; it is mounted into the service's containers.
 func (a *Agent) lockDir(app, service string) string {
-	return filepath.Join(a.cfg.DataDir, "locks", app, service)
+	return filepath.Join(a.cfg.RunDir, "locks", app, service)
 }
 
 func svcKey(app, service string) string { return app + "/" + service }
 
-// deviceTarget returns this device's part of the target.
-func (a *Agent) deviceTarget() (reeve.DeviceTarget, int64) {
+// deviceTarget returns this device's part of the target; ok is false while
+// no valid target has been stored.
+func (a *Agent) deviceTarget() (reeve.DeviceTarget, int64, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	d := a.target[a.uuid]
 	if d.Apps == nil {
 		d.Apps = map[string]reeve.App{}
 	}
-	return d, a.version
+	return d, a.version, a.hasTarget
 }

@@ -325,3 +325,129 @@ func (r *refusingRemove) RemoveImage(_ context.Context, image string) error {
 	}
 	return r.fakeRuntime.RemoveImage(context.Background(), image)
 }
+
+// Without a valid target the agent touches nothing: an empty plan would
+// remove every app it finds (a wiped or unreadable database must not wipe
+// the device).
+func TestNoTargetTouchesNothing(t *testing.T) {
+	rt := newFake()
+	rt.containers["c1"] = reeve.ServiceState{ID: "c1", AppUUID: "app1", ServiceName: "web", Commit: "c1", Status: reeve.StatusRunning}
+	dir := t.TempDir()
+	// A stored target this agent cannot read.
+	a := newTestAgent(t, rt, dir)
+	if _, err := a.db.sql.Exec(`INSERT INTO target (id, version, body, updated_at) VALUES (1, 4, '{"x": {"apps": {"A B": {}}}}', 'now')`); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+
+	a = newTestAgent(t, rt, dir)
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a few rounds", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return !a.loopAlive.IsZero()
+	})
+	time.Sleep(100 * time.Millisecond) // several reconcile rounds at 20 ms
+	rt.mu.Lock()
+	_, still := rt.containers["c1"]
+	rt.mu.Unlock()
+	if !still {
+		t.Fatal("a container was removed while the agent had no valid target")
+	}
+	if st := a.Status(); !strings.Contains(st.LastError, "not valid") {
+		t.Fatalf("status does not say the stored target is unusable: %+v", st)
+	}
+	// A new target is taken, with a version above the stored one.
+	v, err := a.SetTarget(context.Background(), target(a, "c2", "registry.example.com/web:1", nil))
+	if err != nil || v != 5 {
+		t.Fatalf("SetTarget = %d, %v", v, err)
+	}
+}
+
+// A lock record left by a crash must not make a service's own lock look like
+// the agent's: the service keeps its lock and its container.
+func TestStaleLockRecordDoesNotOverrideServiceLock(t *testing.T) {
+	rt := newFake()
+	a := newTestAgent(t, rt, t.TempDir())
+	defer a.Close()
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := a.SetTarget(ctx, target(a, "c1", "registry.example.com/web:1", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "install", func() bool { st := a.Status(); return st.TargetVersion == v && st.AppState == AppStateApplied })
+	if err := a.db.addAgentLock(ctx, "app1", "web"); err != nil { // as a crash would leave it
+		t.Fatal(err)
+	}
+	lock := filepath.Join(a.lockDir("app1", "web"), lockFile)
+	if err := os.WriteFile(lock, []byte("held by the service\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetTarget(ctx, target(a, "c2", "registry.example.com/web:2", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "locked state", func() bool { return a.Status().AppState == AppStateLocked })
+	time.Sleep(100 * time.Millisecond)
+	rt.mu.Lock()
+	killed := len(rt.killed)
+	rt.mu.Unlock()
+	if killed != 0 {
+		t.Fatal("the service was killed inside its lock")
+	}
+	if b, err := os.ReadFile(lock); err != nil || string(b) != "held by the service\n" {
+		t.Fatalf("the service's lock file was touched: %q %v", b, err)
+	}
+}
+
+// A step that keeps failing for one app waits out its own backoff; another
+// app's update goes on meanwhile.
+func TestFailingStepDoesNotHoldUpOtherApps(t *testing.T) {
+	rt := &failingStart{fakeRuntime: newFake(), service: "bad"}
+	a, err := New(context.Background(), Config{DataDir: t.TempDir(), Runtime: rt, NoopDelay: 10 * time.Millisecond,
+		ReconcileInterval: 20 * time.Millisecond, BackoffMin: time.Minute, BackoffMax: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ts := target(a, "c1", "registry.example.com/web:1", nil)
+	dev := ts[a.UUID()]
+	dev.Apps["app2"] = reeve.App{ID: 2, Name: "broken", Releases: map[string]reeve.Release{"c1": {
+		Services: map[string]reeve.Service{"bad": {Image: "registry.example.com/bad:1", Running: true}}}}}
+	ts[a.UUID()] = dev
+	if _, err := a.SetTarget(context.Background(), ts); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the good app running while the broken one fails", func() bool {
+		st := a.Status()
+		var good, bad bool
+		for _, s := range st.Services {
+			good = good || (s.Service == "web" && s.Status == SvcRunning)
+			bad = bad || (s.Service == "bad" && strings.Contains(s.Error, "refuses to start"))
+		}
+		return good && bad && st.AppState == AppStateError && strings.Contains(st.LastError, "refuses to start")
+	})
+}
+
+type failingStart struct {
+	*fakeRuntime
+	service string
+}
+
+func (f *failingStart) Start(ctx context.Context, id string) error {
+	f.mu.Lock()
+	c := f.containers[id]
+	f.mu.Unlock()
+	if c.ServiceName == f.service {
+		return errors.New("the engine refuses to start it: bind source path does not exist")
+	}
+	return f.fakeRuntime.Start(ctx, id)
+}

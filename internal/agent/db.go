@@ -158,41 +158,27 @@ func (d *db) ownedImages(ctx context.Context) (map[string]bool, error) {
 	return out, rows.Err()
 }
 
-// agentLock is one update lock the agent holds.
-type agentLock struct {
-	service  string
-	ownsFile bool // the agent made updates.lock (else it overrode a service's)
-}
-
-func (d *db) addAgentLock(ctx context.Context, app, service string, ownsFile bool) error {
-	if _, err := d.sql.ExecContext(ctx, `INSERT INTO agent_locks (app_uuid, service, owns_file) VALUES (?, ?, ?)
-		ON CONFLICT (app_uuid, service) DO UPDATE SET owns_file = excluded.owns_file`, app, service, ownsFile); err != nil {
+func (d *db) addAgentLock(ctx context.Context, app, service string) error {
+	if _, err := d.sql.ExecContext(ctx, `INSERT INTO agent_locks (app_uuid, service) VALUES (?, ?) ON CONFLICT DO NOTHING`, app, service); err != nil {
 		return fmt.Errorf("record lock: %w", err)
 	}
 	return nil
 }
 
-func (d *db) removeAgentLock(ctx context.Context, app, service string) error {
-	if _, err := d.sql.ExecContext(ctx, `DELETE FROM agent_locks WHERE app_uuid = ? AND service = ?`, app, service); err != nil {
-		return fmt.Errorf("forget lock: %w", err)
-	}
-	return nil
-}
-
-func (d *db) agentLocks(ctx context.Context) (map[string][]agentLock, error) {
-	rows, err := d.sql.QueryContext(ctx, `SELECT app_uuid, service, owns_file FROM agent_locks ORDER BY app_uuid, service`)
+// agentLocks returns the services whose locks the agent holds, by app.
+func (d *db) agentLocks(ctx context.Context) (map[string][]string, error) {
+	rows, err := d.sql.QueryContext(ctx, `SELECT app_uuid, service FROM agent_locks ORDER BY app_uuid, service`)
 	if err != nil {
 		return nil, fmt.Errorf("read locks: %w", err)
 	}
 	defer rows.Close()
-	out := map[string][]agentLock{}
+	out := map[string][]string{}
 	for rows.Next() {
-		var app string
-		var l agentLock
-		if err := rows.Scan(&app, &l.service, &l.ownsFile); err != nil {
+		var app, svc string
+		if err := rows.Scan(&app, &svc); err != nil {
 			return nil, fmt.Errorf("read locks: %w", err)
 		}
-		out[app] = append(out[app], l)
+		out[app] = append(out[app], svc)
 	}
 	return out, rows.Err()
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,10 +70,10 @@ func (a *Agent) execute(ctx context.Context, s engine.Step, env engine.Env) erro
 		if err != nil {
 			// The engine refuses (a container reeve does not own uses it,
 			// say): the image is no longer treated as the agent's, so that
-			// nothing waits on its removal again.
+			// nothing waits on its removal again. Not a failed step.
 			a.log.Warn("image kept: it could not be removed", "image", s.Image, "err", err)
 		}
-		return errors.Join(err, a.db.removeOwnedImage(ctx, s.Image))
+		return a.db.removeOwnedImage(ctx, s.Image)
 	case engine.ActionCleanup:
 		return rt.Cleanup(ctx)
 	case engine.ActionTakeLock:
@@ -157,65 +158,71 @@ func (a *Agent) withExtras(spec reeve.ServiceSpec) reeve.ServiceSpec {
 	return spec
 }
 
-func lockFileExists(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, lockFile))
-	return err == nil
+// lockToken is what the agent writes into the lock files it makes, so that
+// a file is known as the agent's by its content, whatever the database says
+// (a record left by a crash must never make a service's lock look like the
+// agent's).
+func (a *Agent) lockToken() []byte { return []byte("reeve-agent " + a.uuid + "\n") }
+
+// lockHolder says whether a service's lock directory holds updates.lock,
+// and whether the agent made it.
+func (a *Agent) lockHolder(dir string) (held, ours bool) {
+	b, err := os.ReadFile(filepath.Join(dir, lockFile))
+	if err != nil {
+		// Missing, or unreadable: an unreadable file counts as held by the
+		// service, the safe side.
+		return !errors.Is(err, fs.ErrNotExist), false
+	}
+	return true, bytes.Equal(b, a.lockToken())
 }
 
-// takeLock takes the update locks of an app's services. Each lock is
-// recorded in the database before its file is made, so that after a crash it
-// is known as the agent's and released, never mistaken for a service's. A
-// lock a service holds stops the update (ErrLocked) unless force is set; the
-// agent then holds the lock without owning the file, and leaves the
-// service's file in place when it releases.
+// takeLock takes the update locks of an app's services. Each is recorded in
+// the database before its file is made, so that after a crash it is
+// released; the file carries the agent's token, so that only the agent's
+// own files are ever removed. A lock a service holds stops the update
+// (ErrLocked) unless force is set; the service's file is never touched.
 func (a *Agent) takeLock(ctx context.Context, app string, services []string, force bool) error {
+	ctx = context.WithoutCancel(ctx) // a half-taken lock is undone even if the batch is cancelled
 	var made []string
 	for _, svc := range services {
 		dir := a.lockDir(app, svc)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create lock directory: %w", err)
 		}
-		if err := a.db.addAgentLock(ctx, app, svc, true); err != nil {
+		if err := a.db.addAgentLock(ctx, app, svc); err != nil {
 			return err
 		}
 		f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		if err == nil {
-			f.Close()
+			_, werr := f.Write(a.lockToken())
+			cerr := f.Close()
+			if werr != nil || cerr != nil {
+				return fmt.Errorf("take update lock of %s: %w", svc, errors.Join(werr, cerr))
+			}
 			made = append(made, svc)
 			continue
 		}
 		if !errors.Is(err, fs.ErrExist) {
-			return errors.Join(fmt.Errorf("take update lock of %s: %w", svc, err), a.db.removeAgentLock(ctx, app, svc))
+			return fmt.Errorf("take update lock of %s: %w", svc, err)
 		}
-		if force {
-			if err := a.db.addAgentLock(ctx, app, svc, false); err != nil {
-				return err
-			}
-			continue
+		if _, ours := a.lockHolder(dir); ours || force {
+			continue // ours from before a crash, or overridden
 		}
 		// Held by the service itself: give back what was taken.
-		errs := []error{a.db.removeAgentLock(ctx, app, svc), a.releaseLockFiles(ctx, app, made)}
-		for _, m := range made {
-			errs = append(errs, a.db.removeAgentLock(ctx, app, m))
-		}
-		return errors.Join(append(errs, fmt.Errorf("%w %s", ErrLocked, svc))...)
+		return errors.Join(a.releaseLock(ctx, app), fmt.Errorf("%w %s", ErrLocked, svc))
 	}
 	return nil
 }
 
-// releaseLock removes the lock files the agent made for an app.
+// releaseLock removes the lock files the agent made for an app (those with
+// its token) and forgets its records.
 func (a *Agent) releaseLock(ctx context.Context, app string) error {
+	ctx = context.WithoutCancel(ctx)
 	locks, err := a.db.agentLocks(ctx)
 	if err != nil {
 		return err
 	}
-	var files []string
-	for _, l := range locks[app] {
-		if l.ownsFile {
-			files = append(files, l.service)
-		}
-	}
-	if err := a.releaseLockFiles(ctx, app, files); err != nil {
+	if err := a.releaseLockFiles(ctx, app, locks[app]); err != nil {
 		return err
 	}
 	return a.db.removeAgentLocks(ctx, app)
@@ -223,7 +230,11 @@ func (a *Agent) releaseLock(ctx context.Context, app string) error {
 
 func (a *Agent) releaseLockFiles(_ context.Context, app string, services []string) error {
 	for _, svc := range services {
-		err := os.Remove(filepath.Join(a.lockDir(app, svc), lockFile))
+		dir := a.lockDir(app, svc)
+		if _, ours := a.lockHolder(dir); !ours {
+			continue // a service's own lock, or none
+		}
+		err := os.Remove(filepath.Join(dir, lockFile))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("release update lock of %s: %w", svc, err)
 		}

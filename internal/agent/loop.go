@@ -92,9 +92,17 @@ func backoff(minD, maxD time.Duration, n int) time.Duration {
 	return min(d, maxD)
 }
 
-// applyOnce reads the runtime, plans, and runs one batch.
+// applyOnce reads the runtime, plans, and runs one batch. Its error is for
+// what stops the whole round (the runtime unreachable); a step that fails
+// waits out its own backoff while the others go on.
 func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
-	dev, version := a.deviceTarget()
+	dev, version, ok := a.deviceTarget()
+	if !ok {
+		// No valid target yet: touch nothing. An empty plan would remove
+		// every app reeve finds.
+		a.setIdle(version)
+		return converged, nil
+	}
 	bctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.mu.Lock()
@@ -110,12 +118,16 @@ func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
 		a.mu.Unlock()
 	}()
 
+	// Downloads are read before the runtime: one that ends in between is
+	// then seen as present, not as missing and idle (which would fetch it
+	// again).
+	downloads := a.downloadState()
 	snap, err := a.rt.Snapshot(bctx)
 	if err != nil {
 		a.setRuntimeError(err)
 		return 0, fmt.Errorf("read %s state: %w", a.rt.Name(), err)
 	}
-	env, err := a.planEnv(bctx, snap, dev)
+	env, err := a.planEnv(bctx, snap, dev, downloads)
 	if err != nil {
 		return 0, err
 	}
@@ -123,13 +135,13 @@ func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
 	a.cancelUnneededFetches(dev)
 
 	var batch []engine.Step
-	var noops []engine.Step
 	for _, s := range steps {
-		switch s.Action {
-		case engine.ActionFetch:
+		switch {
+		case s.Action == engine.ActionFetch:
 			a.startFetch(ctx, s)
-		case engine.ActionNoop:
-			noops = append(noops, s)
+		case s.Action == engine.ActionNoop:
+		case a.inBackoff(s):
+			// failed recently: it waits out its backoff
 		default:
 			batch = append(batch, s)
 		}
@@ -139,18 +151,40 @@ func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
 	case len(steps) == 0:
 		return converged, nil
 	case len(batch) == 0:
+		// waiting on downloads, a hand-over, or failed steps' backoff
 		return waiting, nil
 	}
 	for _, s := range batch {
 		a.log.Info("step", "step", s.String())
 	}
-	if err := a.runBatch(bctx, batch, env); err != nil {
-		return 0, err
-	}
-	return progressed, nil
+	return progressed, a.runBatch(bctx, batch, env)
 }
 
-// runBatch runs the steps of one batch concurrently and returns every error.
+// stepKey identifies a step across rounds, for its backoff.
+func stepKey(s engine.Step) string {
+	k := string(s.Action) + "|" + s.AppUUID + "|" + s.Service + "|" + s.Image
+	if s.Network != nil {
+		k += "|net:" + s.Network.Name
+	}
+	if s.Volume != nil {
+		k += "|vol:" + s.Volume.Name
+	}
+	if s.Current != nil {
+		k += "|" + s.Current.ID
+	}
+	return k
+}
+
+func (a *Agent) inBackoff(s engine.Step) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f, ok := a.stepFailed[stepKey(s)]
+	return ok && a.cfg.Now().Before(f.retryAt)
+}
+
+// runBatch runs the steps of one batch concurrently. A step that fails is
+// retried after its own capped backoff, so one broken service does not slow
+// the others; the error is returned only when the runtime went away.
 func (a *Agent) runBatch(ctx context.Context, batch []engine.Step, env engine.Env) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(batch))
@@ -158,29 +192,86 @@ func (a *Agent) runBatch(ctx context.Context, batch []engine.Step, env engine.En
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := a.execute(ctx, s, env)
-			key := svcKey(s.AppUUID, s.Service)
-			a.mu.Lock()
-			if err != nil && !errors.Is(err, context.Canceled) {
-				if s.Service != "" {
-					a.svcErrors[key] = err.Error()
-				}
-			} else if s.Service != "" {
-				delete(a.svcErrors, key)
-			}
-			a.mu.Unlock()
-			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w", s, err)
-			}
+			errs[i] = a.execute(ctx, s, env)
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+
+	var failed []error
+	var unavailable error
+	now := a.cfg.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var retryAt time.Time
+	for i, s := range batch {
+		err := errs[i]
+		key, svc := stepKey(s), svcKey(s.AppUUID, s.Service)
+		switch {
+		case err == nil:
+			delete(a.stepFailed, key)
+			if s.Service != "" {
+				delete(a.svcErrors, svc)
+			}
+		case errors.Is(err, context.Canceled):
+			// the target was replaced: not the step's fault
+		default:
+			err = fmt.Errorf("%s: %w", s, err)
+			failed = append(failed, err)
+			if errors.Is(err, runtime.ErrUnavailable) {
+				unavailable = err
+			}
+			f := a.stepFailed[key]
+			if f == nil {
+				f = &fetchFailure{}
+				a.stepFailed[key] = f
+			}
+			f.attempts++
+			f.err = err.Error()
+			f.retryAt = now.Add(backoff(a.cfg.BackoffMin, a.cfg.BackoffMax, f.attempts))
+			if retryAt.IsZero() || f.retryAt.Before(retryAt) {
+				retryAt = f.retryAt
+			}
+			if s.Service != "" {
+				a.svcErrors[svc] = err.Error()
+			}
+			a.log.Warn("step failed", "step", s.String(), "err", err, "retry_in", f.retryAt.Sub(now).Round(time.Millisecond))
+		}
+	}
+	if len(failed) > 0 {
+		a.status.LastError = errors.Join(failed...).Error()
+		a.status.RetryAt = retryAt
+		if a.status.AppState != AppStateLocked {
+			a.status.AppState = AppStateError
+		}
+	} else if len(a.stepFailed) == 0 {
+		a.status.LastError, a.status.RetryAt = "", time.Time{}
+	}
+	return unavailable
+}
+
+// downloads is what the agent knows of downloads at one moment.
+type downloads struct {
+	inFlight map[string]bool
+	failed   map[string]*fetchFailure
+}
+
+func (a *Agent) downloadState() downloads {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	d := downloads{inFlight: map[string]bool{}, failed: map[string]*fetchFailure{}}
+	for ref := range a.fetches {
+		d.inFlight[ref] = true
+	}
+	for ref, f := range a.fetchFailed {
+		c := *f
+		d.failed[ref] = &c
+	}
+	return d
 }
 
 // planEnv gathers what the planner needs besides state: downloads, locks,
 // hand-over signals, owned images.
-func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.DeviceTarget) (engine.Env, error) {
+func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.DeviceTarget, dl downloads) (engine.Env, error) {
 	owned, err := a.db.ownedImages(ctx)
 	if err != nil {
 		return engine.Env{}, err
@@ -191,18 +282,14 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 	}
 	env := engine.Env{
 		Now:          a.cfg.Now(),
-		InFlight:     map[string]bool{},
+		InFlight:     dl.inFlight,
 		FetchFailed:  map[string]string{},
 		HandoverDone: map[string]bool{},
 		Locks:        map[string]engine.LockState{},
 		OwnedImages:  owned,
 		Force:        overrideLock(dev.Config),
 	}
-	a.mu.Lock()
-	for ref := range a.fetches {
-		env.InFlight[ref] = true
-	}
-	for ref, f := range a.fetchFailed {
+	for ref, f := range dl.failed {
 		env.FetchFailed[ref] = f.err
 		if env.Now.Before(f.retryAt) {
 			// Not yet time to retry: the planner treats it as in flight so
@@ -210,7 +297,6 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 			env.InFlight[ref] = true
 		}
 	}
-	a.mu.Unlock()
 
 	apps := map[string]map[string]bool{} // app → services to look at
 	for _, c := range snap.Containers {
@@ -236,14 +322,10 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 		}
 	}
 	for app, svcs := range apps {
-		ours := map[string]bool{}
-		for _, l := range agentLocks[app] {
-			ours[l.service] = true
-		}
 		ls := env.Locks[app]
 		for svc := range svcs {
 			dir := a.lockDir(app, svc)
-			if !ours[svc] && lockFileExists(dir) {
+			if held, ours := a.lockHolder(dir); held && !ours {
 				ls.HeldByUser = true
 			}
 			if _, err := os.Stat(filepath.Join(dir, handoverFile)); err == nil {
@@ -351,6 +433,18 @@ func (a *Agent) cancelUnneededFetches(dev reeve.DeviceTarget) {
 			delete(a.fetchFailed, ref)
 		}
 	}
+}
+
+// setIdle says that there is no target to apply yet.
+func (a *Agent) setIdle(version int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.AppState = AppStateApplied
+	a.status.TargetVersion = version
+	a.status.Services = nil
+	a.status.Steps = nil
+	a.status.RuntimeError = ""
+	a.status.UpdatedAt = a.cfg.Now()
 }
 
 func (a *Agent) setRuntimeError(err error) {

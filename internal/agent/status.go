@@ -213,6 +213,12 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 	for _, s := range steps {
 		a.status.Steps = append(a.status.Steps, s.String())
 	}
+	failing := false
+	for _, s := range steps {
+		if _, ok := a.stepFailed[stepKey(s)]; ok {
+			failing = true
+		}
+	}
 	switch {
 	case len(steps) == 0:
 		a.status.AppState = AppStateApplied
@@ -220,6 +226,8 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 		a.status.RetryAt = time.Time{}
 	case locked:
 		a.status.AppState = AppStateLocked
+	case failing:
+		a.status.AppState = AppStateError
 	default:
 		a.status.AppState = AppStateApplying
 	}

@@ -899,3 +899,39 @@ func TestProjectName(t *testing.T) {
 		}
 	}
 }
+
+func TestCompletedDependencyDefaultsToNoRestart(t *testing.T) {
+	rel, err := Load(context.Background(), []byte(`
+services:
+  migrate:
+    image: x
+  web:
+    image: x
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+`), Options{ProjectName: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rel.Services["migrate"].Composition.Restart; got != "no" {
+		t.Fatalf("migrate restart %q, want no", got)
+	}
+	if got := rel.Services["web"].Composition.RestartPolicy(); got != "always" {
+		t.Fatalf("web restart %q, want the default always", got)
+	}
+	_, err = Load(context.Background(), []byte(`
+services:
+  migrate:
+    image: x
+    restart: always
+  web:
+    image: x
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+`), Options{ProjectName: "p"})
+	if err == nil || !strings.Contains(err.Error(), "never would") {
+		t.Fatalf("want a refusal of restart: always on a job, got %v", err)
+	}
+}

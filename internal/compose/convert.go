@@ -30,6 +30,17 @@ func (c *converter) release(pr *types.Project) reeve.Release {
 	for _, name := range sortedKeys(pr.Services) {
 		rel.Services[name] = c.service(name, pr.Services[name])
 	}
+	// A service others wait for to complete is a job: with no restart
+	// policy it must not get reeve's default (always), or it would never
+	// complete.
+	for _, svc := range rel.Services {
+		for dep, d := range svc.Composition.DependsOn {
+			if job, ok := rel.Services[dep]; ok && d.Condition == reeve.ConditionCompleted && job.Composition.Restart == "" {
+				job.Composition.Restart = "no"
+				rel.Services[dep] = job
+			}
+		}
+	}
 	for _, name := range sortedKeys(pr.Networks) {
 		n := pr.Networks[name]
 		if n.External {

@@ -393,11 +393,15 @@ func (r *releasePlan) planDuplicates(ts *targetService, live []reeve.ServiceStat
 // (env.HandoverDone["<app>/<service>"]) or the deadline has passed, the old
 // container is killed directly.
 func (r *releasePlan) planHandover(ts *targetService, old, nw reeve.ServiceState) {
-	deadline := nw.StartedAt.Add(ts.svc.HandoverTimeout())
+	// From creation, not start: the engine moves StartedAt on every
+	// restart, and a new container that crash-loops must not hold the
+	// hand-over (and the app's lock) for ever.
+	deadline := nw.CreatedAt.Add(ts.svc.HandoverTimeout())
 	switch {
-	case r.p.env.HandoverDone[r.uuid+"/"+ts.name] || (nw.Status == reeve.StatusRunning && r.p.env.Now.After(deadline)):
-		// The new container has taken over (or had its time): the
-		// hand-over ends by killing the old one.
+	case r.p.env.HandoverDone[r.uuid+"/"+ts.name] || r.p.env.Now.After(deadline):
+		// The new container has taken over, or had its time whatever its
+		// state (as any other strategy would end with the new release
+		// running or failing): the hand-over ends by killing the old one.
 		r.handled[old.ID] = true
 		r.leaving[old.ID] = true
 		r.destructive = append(r.destructive, Step{Action: ActionHandover, AppUUID: r.uuid, Service: ts.name,
@@ -569,13 +573,21 @@ func (r *releasePlan) dependencyMet(dep, condition string) bool {
 	if ts == nil {
 		return true // validation refuses this; nothing to wait for
 	}
+	if !ts.svc.Running && condition != reeve.ConditionCompleted {
+		// The dependency is meant to be stopped: there is nothing to wait
+		// for, and waiting would be for ever.
+		return true
+	}
 	for _, c := range r.byService[dep] {
 		if r.leaving[c.ID] || c.ConfigHash != ts.hash {
 			continue
 		}
 		switch condition {
 		case reeve.ConditionHealthy:
-			if c.Status == reeve.StatusRunning && c.Health == reeve.HealthHealthy {
+			// A container with no healthcheck at all (none in the release
+			// nor in its image) would never turn healthy: running is all
+			// it can say.
+			if c.Status == reeve.StatusRunning && (c.Health == reeve.HealthHealthy || c.Health == reeve.HealthNone) {
 				return true
 			}
 		case reeve.ConditionCompleted:

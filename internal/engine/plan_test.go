@@ -333,10 +333,10 @@ func TestPlanDependsOnHealthy(t *testing.T) {
 		target: device(a),
 		want:   []Step{noopStep(appA, "web", "waiting for db")},
 	}, {
-		name:   "no health reported: wait",
+		name:   "no healthcheck at all: running is all it can say, start",
 		cur:    db(reeve.StatusRunning, reeve.HealthNone),
 		target: device(a),
-		want:   []Step{noopStep(appA, "web", "waiting for db")},
+		want:   []Step{startStep(a, "web")},
 	}, {
 		name:   "healthy: start",
 		cur:    db(reeve.StatusRunning, reeve.HealthHealthy),
@@ -1076,4 +1076,48 @@ func TestPlanFailedFetchKeepsOldRunning(t *testing.T) {
 			}})
 		})
 	}
+}
+
+// A dependency meant to be stopped is no reason to wait: waiting would be for
+// ever.
+func TestPlanDependsOnStoppedService(t *testing.T) {
+	for _, cond := range []string{"", reeve.ConditionStarted, reeve.ConditionHealthy} {
+		a := mkApp(appA, newCommit, map[string]reeve.Service{
+			"db":  svc("db:1", notRunning),
+			"web": svc("web:1", dependsOn("db", cond)),
+		})
+		runPlanCases(t, []planCase{{
+			name:   "dependency running=false (" + cond + "): start",
+			cur:    reeve.Snapshot{Images: imgs("db:1", "web:1")},
+			target: device(a),
+			want:   []Step{startStep(a, "web")},
+		}})
+	}
+}
+
+// A hand-over whose new container crash-loops ends at the deadline counted
+// from the new container's creation (the engine moves StartedAt on every
+// restart), so that it never holds the app's lock for ever.
+func TestPlanHandoverDeadlineFromCreation(t *testing.T) {
+	ho := strategy(reeve.StrategyHandOver)
+	oldA := mkApp(appA, oldCommit, map[string]reeve.Service{"web": svc("web:1", ho)})
+	newA := mkApp(appA, newCommit, map[string]reeve.Service{"web": svc("web:2", ho)})
+	oldWeb := oldA.ctr("c1", "web", reeve.StatusRunning)
+	createdAt := t0.Add(time.Minute)
+	deadline := createdAt.Add(reeve.DefaultHandoverTimeout)
+	restarted := func(c *reeve.ServiceState) { c.StartedAt = deadline.Add(time.Minute) }
+	crashing := newA.ctr("c2", "web", reeve.StatusRestarting, created(createdAt), restarted)
+	runPlanCases(t, []planCase{{
+		name:   "new one crash-looping before the deadline: wait",
+		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, crashing}, Images: imgs("web:1", "web:2")},
+		target: device(newA),
+		env:    Env{Now: createdAt.Add(time.Second), Locks: heldByAgent(appA)},
+		want:   []Step{noopStep(appA, "web", "waiting for the new web to run")},
+	}, {
+		name:   "new one crash-looping past the deadline: end the hand-over",
+		cur:    reeve.Snapshot{Containers: []reeve.ServiceState{oldWeb, crashing}, Images: imgs("web:1", "web:2")},
+		target: device(newA),
+		env:    Env{Now: deadline.Add(2 * time.Minute), Locks: heldByAgent(appA)},
+		want:   []Step{handoverStep(newA, oldWeb, deadline)},
+	}})
 }

@@ -18,13 +18,11 @@ CREATE TABLE owned_images (
 	fetched_at TEXT NOT NULL
 );
 
--- Update locks the agent holds, told apart from locks held by services.
--- owns_file is 0 when the agent overrode a service's own lock: the file is
--- the service's and stays.
+-- Update locks the agent holds. The lock files it makes carry its token;
+-- a record only says a lock may need releasing.
 CREATE TABLE agent_locks (
-	app_uuid  TEXT NOT NULL,
-	service   TEXT NOT NULL,
-	owns_file INTEGER NOT NULL DEFAULT 1,
+	app_uuid TEXT NOT NULL,
+	service  TEXT NOT NULL,
 	PRIMARY KEY (app_uuid, service)
 );
 
