@@ -169,7 +169,9 @@ func stepKey(s engine.Step) string {
 	if s.Volume != nil {
 		k += "|vol:" + s.Volume.Name
 	}
-	if s.Current != nil {
+	if s.Current != nil && s.Action != engine.ActionStart {
+		// A start that created its container and then failed is the same
+		// start when it is tried again on that container.
 		k += "|" + s.Current.ID
 	}
 	return k
