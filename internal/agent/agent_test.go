@@ -457,3 +457,44 @@ func (f *failingStart) Start(ctx context.Context, id string) error {
 	}
 	return f.fakeRuntime.Start(ctx, id)
 }
+
+func TestTakeLockWritesTokenAndRespectsServiceLock(t *testing.T) {
+	a := newTestAgent(t, newFake(), t.TempDir())
+	defer a.Close()
+	ctx := context.Background()
+	if err := a.takeLock(ctx, "app1", []string{"web", "db"}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []string{"web", "db"} {
+		dir := a.lockDir("app1", svc)
+		if held, ours := a.lockHolder(dir); !held || !ours {
+			t.Fatalf("%s: held %v ours %v after takeLock", svc, held, ours)
+		}
+		entries, _ := os.ReadDir(dir)
+		if len(entries) != 1 {
+			t.Fatalf("%s: lock directory holds %d entries, want only %s", svc, len(entries), lockFile)
+		}
+	}
+	if err := a.releaseLock(ctx, "app1"); err != nil {
+		t.Fatal(err)
+	}
+	// A service holding its own lock stops the agent, and keeps its file;
+	// what the agent took on the way is given back.
+	if err := os.WriteFile(filepath.Join(a.lockDir("app1", "web"), lockFile), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := a.takeLock(ctx, "app1", []string{"db", "web"}, false)
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("want ErrLocked, got %v", err)
+	}
+	if held, _ := a.lockHolder(a.lockDir("app1", "db")); held {
+		t.Fatal("the agent kept db's lock after failing to take web's")
+	}
+	if held, ours := a.lockHolder(a.lockDir("app1", "web")); !held || ours {
+		t.Fatal("the service's own lock file was touched")
+	}
+	locks, _ := a.db.agentLocks(ctx)
+	if len(locks["app1"]) != 0 {
+		t.Fatalf("lock records left: %v", locks)
+	}
+}

@@ -183,7 +183,6 @@ func (a *Agent) lockHolder(dir string) (held, ours bool) {
 // (ErrLocked) unless force is set; the service's file is never touched.
 func (a *Agent) takeLock(ctx context.Context, app string, services []string, force bool) error {
 	ctx = context.WithoutCancel(ctx) // a half-taken lock is undone even if the batch is cancelled
-	var made []string
 	for _, svc := range services {
 		dir := a.lockDir(app, svc)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -192,14 +191,8 @@ func (a *Agent) takeLock(ctx context.Context, app string, services []string, for
 		if err := a.db.addAgentLock(ctx, app, svc); err != nil {
 			return err
 		}
-		f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		err := a.createLockFile(dir)
 		if err == nil {
-			_, werr := f.Write(a.lockToken())
-			cerr := f.Close()
-			if werr != nil || cerr != nil {
-				return fmt.Errorf("take update lock of %s: %w", svc, errors.Join(werr, cerr))
-			}
-			made = append(made, svc)
 			continue
 		}
 		if !errors.Is(err, fs.ErrExist) {
@@ -212,6 +205,23 @@ func (a *Agent) takeLock(ctx context.Context, app string, services []string, for
 		return errors.Join(a.releaseLock(ctx, app), fmt.Errorf("%w %s", ErrLocked, svc))
 	}
 	return nil
+}
+
+// createLockFile makes updates.lock holding the agent's token, or fails
+// with fs.ErrExist. The file appears whole or not at all (written aside,
+// then hard-linked, which fails if the name exists): a kill in between
+// never leaves an empty file that would read as a service's lock.
+func (a *Agent) createLockFile(dir string) error {
+	tmp, err := os.CreateTemp(dir, ".agent-lock-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.Write(a.lockToken())
+	if err := errors.Join(werr, tmp.Close()); err != nil {
+		return err
+	}
+	return os.Link(tmp.Name(), filepath.Join(dir, lockFile))
 }
 
 // releaseLock removes the lock files the agent made for an app (those with
