@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,18 +17,18 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-func build(t *testing.T, cgo string) string {
+// buildStatic builds a small static Go program (CGO_ENABLED=0).
+func buildStatic(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "prog")
 	src := filepath.Join(t.TempDir(), "main.go")
-	// A program that uses net, so that with cgo on it links dynamically.
 	if err := os.WriteFile(src, []byte("package main\nimport \"net\"\nfunc main() { _, _ = net.LookupHost(\"localhost\") }\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("go", "build", "-o", out, src)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo, "GOFLAGS=")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("cannot build a test binary with CGO_ENABLED=%s: %v\n%s", cgo, err, b)
+		t.Fatalf("build a static test binary: %v\n%s", err, b)
 	}
 	return out
 }
@@ -39,7 +40,7 @@ func TestPushPacksTheBinary(t *testing.T) {
 	}
 	srv := Serve(ln)
 	defer srv.Close()
-	bin := build(t, "0")
+	bin := buildStatic(t)
 	ctx := context.Background()
 	ref, err := Push(ctx, ln.Addr().String(), "reeve/test", bin, []string{"example-app", "worker"})
 	if err != nil {
@@ -85,14 +86,28 @@ func TestPushPacksTheBinary(t *testing.T) {
 	}
 }
 
+// The system's own ls is dynamically linked on every Linux distribution
+// reeve is built on (it needs libc's loader): the refusal must name the fix.
 func TestPushRefusesDynamicBinary(t *testing.T) {
-	bin := build(t, "1")
-	b, _ := os.ReadFile(bin)
-	if CheckStatic(b) == nil {
-		t.Skip("the toolchain linked the cgo build statically; nothing to refuse")
+	bin, err := exec.LookPath("ls")
+	if err != nil {
+		t.Fatalf("no ls on PATH to use as a dynamically linked binary: %v", err)
 	}
-	_, err := Push(context.Background(), "127.0.0.1:1", "reeve/test", bin, nil)
-	if err == nil {
-		t.Fatal("a dynamically linked binary was pushed")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckStatic(b); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Fatalf("CheckStatic(%s) = %v, want a refusal naming CGO_ENABLED=0", bin, err)
+	}
+	if _, err := Push(context.Background(), "127.0.0.1:1", "reeve/test", bin, nil); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("Push of a dynamically linked binary: %v", err)
+	}
+	static, err := os.ReadFile(buildStatic(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckStatic(static); err != nil {
+		t.Fatalf("a CGO_ENABLED=0 build refused: %v", err)
 	}
 }

@@ -161,7 +161,7 @@ func TestAuthRegistry(t *testing.T) {
 // TestProgram runs testprog on the host (it is a linux binary).
 func TestProgram(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("testprog is a linux binary")
+		t.Skipf("testprog is a Linux program run on the host here, and this host is %s: run this test on Linux", runtime.GOOS)
 	}
 	bin := filepath.Join(t.TempDir(), "testprog")
 	if err := os.WriteFile(bin, Program(t), 0o755); err != nil {
