@@ -96,7 +96,7 @@ In local mode (--local) the target is set on the device itself with
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DataDir, "data", "/var/lib/reeve", "directory for the agent's database and lock directories")
+	f.StringVar(&cfg.DataDir, "data", "/var/lib/reeve", "directory for the agent's database (update locks live under /run/reeve)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:48484", "address of the agent's local API")
 	f.BoolVar(&cfg.Local, "local", false, "local mode: take the target state from the local API, not a fleet server")
 	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or unix:///var/run/docker.sock)")

@@ -196,11 +196,16 @@ func (h *harness) readHost(name string) string {
 	return string(b)
 }
 
+// engineName is the engine's name of an app's network or volume.
+func (h *harness) engineName(app, name string) string {
+	uuid, _ := localapi.LocalApp(app, reeve.Release{}, "x")
+	return h.ns + "_" + uuid + "_" + name
+}
+
 // volumeData reads a file from an app volume through its mount point.
 func (h *harness) volumeData(app, volume, file string) string {
 	h.t.Helper()
-	uuid, _ := localapi.LocalApp(app, reeve.Release{}, "x")
-	res, err := h.engine.VolumeInspect(h.ctx, h.ns+"_"+uuid+"_"+volume, client.VolumeInspectOptions{})
+	res, err := h.engine.VolumeInspect(h.ctx, h.engineName(app, volume), client.VolumeInspectOptions{})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -499,8 +504,7 @@ networks:
 	if after["b"].ID != before["b"].ID {
 		t.Error("b does not use the changed network but was recreated")
 	}
-	uuid, _ := localapi.LocalApp("app", reeve.Release{}, "x")
-	res, err := h.engine.NetworkInspect(h.ctx, h.ns+"_"+uuid+"_net", client.NetworkInspectOptions{})
+	res, err := h.engine.NetworkInspect(h.ctx, h.engineName("app", "net"), client.NetworkInspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,8 +537,7 @@ volumes:
 	if got := h.volumeData("app", "data", "f"); got != "first\nsecond\n" {
 		t.Fatalf("after the volume's definition changed it holds %q, want both lines", got)
 	}
-	uuid, _ := localapi.LocalApp("app", reeve.Release{}, "x")
-	res, err := h.engine.VolumeInspect(h.ctx, h.ns+"_"+uuid+"_data", client.VolumeInspectOptions{})
+	res, err := h.engine.VolumeInspect(h.ctx, h.engineName("app", "data"), client.VolumeInspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
