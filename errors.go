@@ -17,6 +17,7 @@ const (
 	CodeUnauthorized = "unauthorized"
 	CodeForbidden    = "forbidden"
 	CodeLocked       = "locked"
+	CodeTooLarge     = "too_large"
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal"
 )

@@ -64,7 +64,7 @@ type Composition struct {
 	Networks        map[string]ServiceNetwork `json:"networks,omitempty"`
 	NetworkMode     string                    `json:"network_mode,omitempty"`
 	Volumes         []Mount                   `json:"volumes,omitempty"`
-	Devices         []Device                  `json:"devices,omitempty"`
+	Devices         []DeviceMapping           `json:"devices,omitempty"`
 	CapAdd          []string                  `json:"cap_add,omitempty"`
 	CapDrop         []string                  `json:"cap_drop,omitempty"`
 	Privileged      bool                      `json:"privileged,omitempty"`
@@ -127,8 +127,8 @@ type Mount struct {
 	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
-// Device maps a host device into the container.
-type Device struct {
+// DeviceMapping maps a host device into the container.
+type DeviceMapping struct {
 	Host        string `json:"host"`
 	Container   string `json:"container,omitempty"`
 	Permissions string `json:"permissions,omitempty"` // default rwm

@@ -141,7 +141,7 @@ func TestLoadFull(t *testing.T) {
 						{Type: reeve.MountTmpfs, Target: "/run/web"},
 						{Type: reeve.MountBind, Source: "/srv/logs", Target: "/logs", ReadOnly: true},
 					},
-					Devices: []reeve.Device{
+					Devices: []reeve.DeviceMapping{
 						{Host: "/dev/ttyUSB0", Container: "/dev/ttyUSB0", Permissions: "rwm"},
 						{Host: "/dev/i2c-1", Container: "/dev/i2c-1", Permissions: "rwm"},
 						{Host: "/dev/gpiomem", Container: "/dev/gpio", Permissions: "rw"},

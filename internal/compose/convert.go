@@ -189,7 +189,7 @@ func (c *converter) service(name string, s types.ServiceConfig) reeve.Service {
 	}
 
 	for _, d := range s.Devices {
-		dev := reeve.Device{Host: d.Source, Container: d.Target, Permissions: d.Permissions}
+		dev := reeve.DeviceMapping{Host: d.Source, Container: d.Target, Permissions: d.Permissions}
 		if dev.Container == "" {
 			dev.Container = dev.Host
 		}

@@ -76,7 +76,7 @@ func TestSetTargetRefusesBadInput(t *testing.T) {
 			`"image": "registry.example.com/web:1", "composition": {"depends_on": {"db": {}}}`, 1), 400,
 			`services.web.composition.depends_on.db: depends on service "db"`},
 		{"other device", "application/json", strings.Replace(goodTarget, `"dev1"`, `"dev2"`, 1), 400, "wrong device"},
-		{"too large", "application/json", big, 400, "larger than the limit"},
+		{"too large", "application/json", big, 413, "larger than the limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeAgent{}
@@ -88,8 +88,12 @@ func TestSetTargetRefusesBadInput(t *testing.T) {
 			if err := json.Unmarshal(body, &eb); err != nil || eb.Error == nil {
 				t.Fatalf("body is not an error object: %s", body)
 			}
-			if eb.Error.Code != reeve.CodeInvalid || !strings.Contains(eb.Error.Message, tc.wantInMessage) {
-				t.Fatalf("error %+v, want code invalid mentioning %q", eb.Error, tc.wantInMessage)
+			wantCode := reeve.CodeInvalid
+			if tc.status == http.StatusRequestEntityTooLarge {
+				wantCode = reeve.CodeTooLarge
+			}
+			if eb.Error.Code != wantCode || !strings.Contains(eb.Error.Message, tc.wantInMessage) {
+				t.Fatalf("error %+v, want code %s mentioning %q", eb.Error, wantCode, tc.wantInMessage)
 			}
 			if f.sets != 0 {
 				t.Fatal("a refused target was stored")

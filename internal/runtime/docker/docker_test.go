@@ -279,7 +279,7 @@ func TestComposition(t *testing.T) {
 			{Type: reeve.MountBind, Source: bindDir, Target: "/host", ReadOnly: true},
 			{Type: reeve.MountTmpfs, Target: "/scratch"},
 		},
-		Devices:         []reeve.Device{{Host: "/dev/null", Container: "/dev/reeve-null", Permissions: "rw"}, {Host: "/dev/zero"}},
+		Devices:         []reeve.DeviceMapping{{Host: "/dev/null", Container: "/dev/reeve-null", Permissions: "rw"}, {Host: "/dev/zero"}},
 		CapAdd:          []string{"NET_ADMIN"},
 		CapDrop:         []string{"MKNOD"},
 		WorkingDir:      "/tmp",
