@@ -33,6 +33,10 @@ type Config struct {
 	// Runtime runs the services. Required.
 	Runtime runtime.Runtime
 	Logger  *slog.Logger
+	// UUID is the device's identity when it is given one (a fleet device's
+	// config.json); "" keeps the UUID stored in the database, made at the
+	// first start.
+	UUID string
 	// DeviceName defaults to the host name; DeviceType to generic-<arch>.
 	DeviceName string
 	DeviceType string
@@ -155,6 +159,14 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	uuid, err := d.getOrCreate(ctx, "device_uuid", newUUID)
+	if err == nil && cfg.UUID != "" && cfg.UUID != uuid {
+		if !reeve.ValidUUID(cfg.UUID) {
+			err = fmt.Errorf("device UUID %q is not valid: use 32 lowercase hex digits", cfg.UUID)
+		} else {
+			err = d.set(ctx, "device_uuid", cfg.UUID)
+			uuid = cfg.UUID
+		}
+	}
 	if err != nil {
 		d.close()
 		return nil, err

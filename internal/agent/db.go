@@ -53,6 +53,14 @@ func (d *db) get(ctx context.Context, key string) (string, bool, error) {
 	return v, true, nil
 }
 
+// set stores value under key.
+func (d *db) set(ctx context.Context, key, value string) error {
+	if _, err := d.sql.ExecContext(ctx, `INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
+
 // getOrCreate returns the value of key, storing gen() first if it has none.
 func (d *db) getOrCreate(ctx context.Context, key string, gen func() string) (string, error) {
 	v, ok, err := d.get(ctx, key)
