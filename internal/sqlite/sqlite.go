@@ -54,3 +54,33 @@ func Open(ctx context.Context, path string, migrations fs.FS) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// OpenReader opens a pool of up to conns read-only connections to the
+// database at path, which Open must already have created and migrated. In
+// WAL mode readers do not wait for the writer, so a server can keep its reads
+// off the one connection Open returns. The connections refuse writes
+// (PRAGMA query_only) and never create the file.
+func OpenReader(ctx context.Context, path string, conns int) (*sql.DB, error) {
+	if conns < 1 {
+		return nil, fmt.Errorf("open database %s for reading: need at least one connection, got %d", path, conns)
+	}
+	q := url.Values{}
+	q.Set("mode", "rw") // SQLite's own URI parameter: open, never create
+	for _, p := range []string{
+		"busy_timeout(10000)",
+		"query_only(1)",
+	} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open database %s for reading: %w", path, err)
+	}
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s for reading: %w", path, err)
+	}
+	return db, nil
+}

@@ -16,7 +16,14 @@ import (
 
 // Store is the fleet server's persistence. Methods are safe for concurrent
 // use. Times are stored with at least millisecond precision and returned in
-// UTC.
+// UTC. Every implementation also holds to these (storetest checks them):
+//
+//   - Create* with a zero CreatedAt stores the time of the call;
+//   - a FleetRelease returned has Release.ID equal to its ID;
+//   - creating a key, device or release in a fleet that does not exist, or
+//     SetVar for an unknown fleet or device, is not_found; SetVar with
+//     neither a fleet nor a device is invalid;
+//   - IDs of deleted rows are never reused.
 type Store interface {
 	// Tokens (operator API). Hash is the lookup key.
 	CreateToken(ctx context.Context, t reeve.Token) (reeve.Token, error)
@@ -46,12 +53,17 @@ type Store interface {
 	CreateDevice(ctx context.Context, d reeve.Device) (reeve.Device, error)
 	Device(ctx context.Context, uuid string) (reeve.Device, error)
 	DeviceByID(ctx context.Context, id int64) (reeve.Device, error)
+	// DeviceByKeyHash finds the device with that key hash ("" never
+	// matches).
+	DeviceByKeyHash(ctx context.Context, hash string) (reeve.Device, error)
 	// Devices lists devices by name then UUID; fleetID 0 lists all.
 	Devices(ctx context.Context, fleetID int64) ([]reeve.Device, error)
 	// UpdateDevice reads the device, lets fn change it and writes it back
 	// in one transaction: Name, FleetID, DeviceType, KeyHash,
 	// PinnedRelease, Tags, LastSeen, State and ReportedAt are written. An
-	// error from fn aborts without writing and is returned as is.
+	// error from fn aborts without writing and is returned as is. fn may
+	// read through the store but must not write through it (SQLite has
+	// one writer: it would wait for ever).
 	UpdateDevice(ctx context.Context, uuid string, fn func(*reeve.Device) error) (reeve.Device, error)
 	// TouchDevices raises LastSeen of many devices at once (never lowers
 	// it); unknown UUIDs are ignored.
