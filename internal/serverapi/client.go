@@ -73,24 +73,31 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 // do sends a JSON request and decodes a JSON answer into out (when not
 // nil). An error answer becomes the server's *reeve.Error.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.doStatus(ctx, method, path, body, out)
+	return err
+}
+
+// doStatus is do that also returns the status of a successful answer, for
+// routes whose status carries meaning (201 created, 200 existed).
+func (c *Client) doStatus(ctx context.Context, method, path string, body, out any) (int, error) {
 	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the fleet server at %s: %w", c.base, err)
+		return 0, fmt.Errorf("cannot reach the fleet server at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		return httpx.DecodeError(resp)
+		return resp.StatusCode, httpx.DecodeError(resp)
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return nil
+		return resp.StatusCode, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("read answer of %s %s: %w", method, path, err)
+		return resp.StatusCode, fmt.Errorf("read answer of %s %s: %w", method, path, err)
 	}
-	return nil
+	return resp.StatusCode, nil
 }

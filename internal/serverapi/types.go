@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/server"
 )
 
 // Paths and limits shared by the handlers and the clients.
@@ -72,13 +73,9 @@ type PushRequest struct {
 	Compose string `json:"compose"`
 }
 
-// DeviceView is a device as the operator API shows it.
-type DeviceView struct {
-	reeve.Device
-	Online       bool   `json:"online"`
-	Fleet        string `json:"fleet"`
-	TargetCommit string `json:"target_commit"`
-}
+// DeviceView is a device as the operator API shows it: the stored device
+// with online, fleet and target_commit.
+type DeviceView = server.DeviceView
 
 // UpdateDeviceRequest is the body of PATCH /api/v1/devices/{uuid}. Nil
 // fields are left as they are; an empty PinnedRelease unpins.
