@@ -15,6 +15,7 @@ import (
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/compose"
+	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/localapi"
 )
 
@@ -152,12 +153,40 @@ func localStatusCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st.Status)
 			}
+			printFleetLink(cmd.OutOrStdout(), st.Fleet)
 			printStatus(cmd.OutOrStdout(), st.Status)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printFleetLink says how the agent's connection to its fleet server is
+// doing; nothing in local mode.
+func printFleetLink(w io.Writer, l *fleetlink.LinkStatus) {
+	if l == nil {
+		return
+	}
+	state := "connected"
+	switch {
+	case !l.Provisioned:
+		state = "not provisioned yet"
+	case l.Unauthorized:
+		state = "REFUSED by the server"
+	case l.PollError != "":
+		state = "unreachable"
+	}
+	fmt.Fprintf(w, "fleet server %s: %s", l.Server, state)
+	if !l.LastPoll.IsZero() {
+		fmt.Fprintf(w, " (last poll %s)", l.LastPoll.Local().Format(time.TimeOnly))
+	}
+	fmt.Fprintln(w)
+	for _, e := range []string{l.ProvisionError, l.PollError, l.TargetError, l.ReportError} {
+		if e != "" {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
 }
 
 func printStatus(w io.Writer, st agent.Status) {

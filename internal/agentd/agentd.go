@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/runtime"
 	"reeve.dev/reeve/internal/runtime/docker"
@@ -25,9 +26,12 @@ import (
 
 // Config configures `reeve agent`.
 type Config struct {
-	DataDir      string
-	Listen       string // local API address; default 127.0.0.1:48484
-	Local        bool   // local mode: the target is set through the local API
+	DataDir string
+	Listen  string // local API address; default 127.0.0.1:48484
+	Local   bool   // local mode: the target is set through the local API
+	// ConfigPath is the device's config.json (fleet server, provisioning
+	// key, identity): required unless Local.
+	ConfigPath   string
 	DockerHost   string // "" = DOCKER_HOST or the default socket
 	RegistryAuth string // a docker config.json with registry credentials
 	DeviceName   string
@@ -38,6 +42,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// Agent tunes the apply loop; DataDir, Runtime and Logger are filled in.
 	Agent agent.Config
+	// Link tunes the fleet-server link; Config, DataDir, Agent, Logger and
+	// APIPort are filled in.
+	Link fleetlink.LinkConfig
 }
 
 // Main runs the agent role.
@@ -46,6 +53,7 @@ type Main struct {
 	log       *slog.Logger
 	rt        *docker.Runtime
 	agent     *agent.Agent
+	link      *fleetlink.Link // nil in local mode
 	srv       *http.Server
 	listener  net.Listener
 	wg        sync.WaitGroup
@@ -65,8 +73,15 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("a data directory is required: pass --data DIR")
 	}
+	var conf *fleetlink.Config
 	if !cfg.Local {
-		return nil, errors.New("only local mode is available in this build: pass --local (the fleet-server connection is not built yet)")
+		if cfg.ConfigPath == "" {
+			return nil, errors.New("say where the device's fleet server is: pass --config config.json (from `reeve key create`), or --local to run without one")
+		}
+		var err error
+		if conf, err = loadDeviceConfig(cfg.ConfigPath); err != nil {
+			return nil, err
+		}
 	}
 	creds, err := loadRegistryAuth(cfg.RegistryAuth)
 	if err != nil {
@@ -84,6 +99,15 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	if cfg.DeviceType != "" {
 		ac.DeviceType = cfg.DeviceType
 	}
+	if conf != nil {
+		ac.UUID = conf.UUID
+		if conf.DeviceType != "" && cfg.DeviceType == "" {
+			ac.DeviceType = conf.DeviceType
+		}
+		if conf.DeviceName != "" && cfg.DeviceName == "" {
+			ac.DeviceName = conf.DeviceName
+		}
+	}
 	a, err := agent.New(ctx, ac)
 	if err != nil {
 		rt.Close()
@@ -95,8 +119,22 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		rt.Close()
 		return nil, fmt.Errorf("listen on %s: %w (another agent running? pick another address with --listen)", cfg.Listen, err)
 	}
-	api := localapi.New(a, localapi.Options{Local: cfg.Local, Logger: cfg.Logger})
-	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, listener: ln, serveErr: make(chan error, 1),
+	opts := localapi.Options{Local: cfg.Local, Logger: cfg.Logger}
+	var link *fleetlink.Link
+	if conf != nil {
+		lc := cfg.Link
+		lc.Config, lc.DataDir, lc.Agent, lc.Logger = conf, cfg.DataDir, a, cfg.Logger
+		lc.APIPort = ln.Addr().(*net.TCPAddr).Port
+		if link, err = fleetlink.New(lc); err != nil {
+			ln.Close()
+			a.Close()
+			rt.Close()
+			return nil, err
+		}
+		opts.Link = link.Status
+	}
+	api := localapi.New(a, opts)
+	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, listener: ln, serveErr: make(chan error, 1),
 		srv: &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}}
 	return m, nil
 }
@@ -115,6 +153,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.agent.Start(ctx); err != nil {
 		return err
 	}
+	if m.link != nil {
+		if err := m.link.Start(ctx); err != nil {
+			return errors.Join(err, m.Close())
+		}
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -122,7 +165,11 @@ func (m *Main) Run(ctx context.Context) error {
 			m.serveErr <- err
 		}
 	}()
-	m.log.Info("agent running", "uuid", m.agent.UUID(), "api", "http://"+m.Addr(), "runtime", m.rt.Name(), "local", m.cfg.Local, "data", m.cfg.DataDir)
+	server := ""
+	if m.link != nil {
+		server = m.link.Status().Server
+	}
+	m.log.Info("agent running", "uuid", m.agent.UUID(), "api", "http://"+m.Addr(), "runtime", m.rt.Name(), "local", m.cfg.Local, "server", server, "data", m.cfg.DataDir)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -143,6 +190,9 @@ func (m *Main) Close() error {
 			errs = append(errs, err)
 		}
 		m.wg.Wait()
+		if m.link != nil {
+			errs = append(errs, m.link.Close())
+		}
 		errs = append(errs, m.agent.Close(), m.rt.Close())
 	})
 	return errors.Join(errs...)
@@ -187,4 +237,18 @@ func loadRegistryAuth(path string) (map[string]runtime.Auth, error) {
 		out[strings.TrimSuffix(host, "/")] = runtime.Auth{Username: user, Password: pass}
 	}
 	return out, nil
+}
+
+// loadDeviceConfig reads config.json and gives the device its identity
+// (UUID and key) when it has none yet, written back before anything is
+// sent, so a power cut cannot make it register under two identities.
+func loadDeviceConfig(path string) (*fleetlink.Config, error) {
+	conf, err := fleetlink.LoadConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conf.EnsureIdentity(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return conf, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/httpx"
 )
 
@@ -33,6 +34,9 @@ type Options struct {
 	// Local allows setting the target state through the API.
 	Local  bool
 	Logger *slog.Logger
+	// Link, when the agent has a fleet server, tells how the connection
+	// to it is doing.
+	Link func() fleetlink.LinkStatus
 }
 
 // Server serves the local API.
@@ -102,10 +106,17 @@ func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
 type StatusResponse struct {
 	Result string `json:"status"` // "success"
 	agent.Status
+	// Fleet is the link to the fleet server; absent in local mode.
+	Fleet *fleetlink.LinkStatus `json:"fleet,omitempty"`
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
-	httpx.WriteJSON(w, http.StatusOK, StatusResponse{Result: "success", Status: s.agent.Status()})
+	resp := StatusResponse{Result: "success", Status: s.agent.Status()}
+	if s.opts.Link != nil {
+		ls := s.opts.Link()
+		resp.Fleet = &ls
+	}
+	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
 // DeviceInfo is the body of GET /v2/local/device-info.
