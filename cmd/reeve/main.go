@@ -58,7 +58,8 @@ func rootCmd() *cobra.Command {
 		Version:       reeve.Version,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(agentCmd(), devCmd(), localCmd(), exampleCmd(), benchCmd())
+	root.AddCommand(append([]*cobra.Command{agentCmd(), devCmd(), localCmd(), exampleCmd(), benchCmd()}, fleetCommands()...)...)
+	root.AddCommand(serverCmd())
 	return root
 }
 
@@ -79,6 +80,12 @@ func agentCmd() *cobra.Command {
 		Long: `Run the device agent: it keeps this device's containers in line with its
 target state, through crashes, power cuts and network loss.
 
+With --config (default /etc/reeve/config.json, as printed by ` + "`reeve key create`" + `)
+the agent registers with the fleet server in it, takes its target state from
+there (long polls: updates arrive at once) and reports its state. The file
+gets the device's UUID and key written into it on the first start, and loses
+the provisioning key once the device is registered.
+
 In local mode (--local) the target is set on the device itself with
 ` + "`reeve local apply`" + `; no fleet server is needed.`,
 		Args: cobra.NoArgs,
@@ -98,6 +105,7 @@ In local mode (--local) the target is set on the device itself with
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", "/var/lib/reeve", "directory for the agent's database (update locks live under /run/reeve)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:48484", "address of the agent's local API")
+	f.StringVar(&cfg.ConfigPath, "config", "/etc/reeve/config.json", "the device's config.json: its fleet server, provisioning key and identity (`reeve key create` makes one)")
 	f.BoolVar(&cfg.Local, "local", false, "local mode: take the target state from the local API, not a fleet server")
 	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or unix:///var/run/docker.sock)")
 	f.StringVar(&cfg.RegistryAuth, "registry-auth", "", "docker config.json holding registry credentials")
@@ -114,8 +122,13 @@ func devCmd() *cobra.Command {
 	var level string
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run an agent in local mode with a bundled example app, for a first run",
-		Args:  cobra.NoArgs,
+		Short: "Run a fleet server and an agent on this machine, with an example app, for a first run",
+		Long: `Run a fleet server and a device agent on this machine on embedded
+defaults: a fleet "hello" that the agent joins like any device, an example
+app pushed to it (served from a registry inside this process: no internet
+needed), and the CLI logged in to the server. Everything is kept under
+--data; the next start resumes.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(level)
 			if err != nil {
@@ -133,6 +146,7 @@ func devCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", "", "data directory (default: ~/.reeve/dev)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:48484", "address of the agent's local API")
+	f.StringVar(&cfg.ServerListen, "server-listen", "127.0.0.1:48400", "address of the fleet server")
 	f.StringVar(&cfg.RegistryListen, "registry", "127.0.0.1:48485", "address of the registry serving the example image")
 	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or unix:///var/run/docker.sock)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")

@@ -1,10 +1,12 @@
-// Package devmode is `reeve dev`: a local-mode agent on embedded defaults,
-// with a registry in the process serving a small example app built from the
-// reeve binary itself, so that a first run needs no server and no internet.
+// Package devmode is `reeve dev`: a fleet server and an agent on embedded
+// defaults, with a fleet the agent joins like any device, and a registry in
+// the process serving a small example app built from the reeve binary
+// itself, so that a first run needs no setup and no internet.
 package devmode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,21 +15,28 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agentd"
-	"reeve.dev/reeve/internal/compose"
+	"reeve.dev/reeve/internal/atomicfile"
+	"reeve.dev/reeve/internal/clicfg"
 	"reeve.dev/reeve/internal/example"
+	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/selfimage"
+	"reeve.dev/reeve/internal/server"
+	"reeve.dev/reeve/internal/serverd"
 )
 
 // Config configures `reeve dev`.
 type Config struct {
 	DataDir        string
 	Listen         string // agent API; default 127.0.0.1:48484
+	ServerListen   string // fleet server; default 127.0.0.1:48400
 	RegistryListen string // example registry; default 127.0.0.1:48485
 	DockerHost     string
 	// Binary is the static reeve binary packed into the example's image;
@@ -40,16 +49,23 @@ type Config struct {
 	Out       io.Writer // where the next steps are printed
 }
 
+// The fleet `reeve dev` makes and its device joins.
+const fleetName = "hello"
+
 // Main runs `reeve dev`.
 type Main struct {
 	cfg      Config
+	server   *serverd.Main
 	agent    *agentd.Main
 	reg      *http.Server
 	regLn    net.Listener
+	loggedIn string // where the CLI login was written; "" when not
+	wg       sync.WaitGroup
 	closeOne sync.Once
 }
 
-// New prepares the agent and the example registry.
+// New prepares the fleet server (with a fleet and a provisioning key on a
+// first run), the agent provisioned from it, and the example registry.
 func New(ctx context.Context, cfg Config) (*Main, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -67,39 +83,108 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		}
 		cfg.DataDir = filepath.Join(home, ".reeve", "dev")
 	}
-	ln, err := net.Listen("tcp", cfg.RegistryListen)
+	token, err := devToken(filepath.Join(cfg.DataDir, "admin-token"))
 	if err != nil {
-		return nil, fmt.Errorf("listen for the example registry on %s: %w (pick another with --registry)", cfg.RegistryListen, err)
-	}
-	a, err := agentd.New(ctx, agentd.Config{DataDir: cfg.DataDir, Listen: cfg.Listen, Local: true,
-		DockerHost: cfg.DockerHost, Logger: cfg.Logger, Namespace: cfg.Namespace})
-	if err != nil {
-		ln.Close()
 		return nil, err
 	}
-	return &Main{cfg: cfg, agent: a, regLn: ln}, nil
+	srv, err := serverd.New(ctx, serverd.Config{DataDir: filepath.Join(cfg.DataDir, "server"), Listen: cfg.ServerListen,
+		AdminToken: token, Logger: cfg.Logger.With("role", "server")})
+	if err != nil {
+		return nil, err
+	}
+	m := &Main{cfg: cfg, server: srv}
+	confPath := filepath.Join(cfg.DataDir, "agent", "config.json")
+	if err := m.provision(ctx, confPath); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	if m.regLn, err = net.Listen("tcp", cfg.RegistryListen); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("listen for the example registry on %s: %w (pick another with --registry)", cfg.RegistryListen, err)
+	}
+	m.agent, err = agentd.New(ctx, agentd.Config{DataDir: filepath.Join(cfg.DataDir, "agent"), Listen: cfg.Listen, ConfigPath: confPath,
+		DockerHost: cfg.DockerHost, Logger: cfg.Logger.With("role", "agent"), Namespace: cfg.Namespace})
+	if err != nil {
+		m.regLn.Close()
+		srv.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// devToken returns the dev server's operator token, made on the first run.
+func devToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read the dev server's token: %w", err)
+	}
+	token := server.NewSecret()
+	if err := atomicfile.Write(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("save the dev server's token: %w", err)
+	}
+	return token, nil
+}
+
+// provision makes the fleet and the device's config.json on a first run:
+// the agent registers with its provisioning key like any device.
+func (m *Main) provision(ctx context.Context, confPath string) error {
+	if _, err := os.Stat(confPath); err == nil {
+		// Provisioned before; the server may listen elsewhere this time.
+		conf, err := fleetlink.LoadConfig(confPath)
+		if err != nil {
+			return err
+		}
+		if conf.APIEndpoint == m.server.URL() {
+			return nil
+		}
+		conf.APIEndpoint = m.server.URL()
+		return conf.Save()
+	}
+	s := m.server.Server()
+	if _, err := s.CreateFleet(ctx, fleetName, reeve.DeviceTypeAny, ""); err != nil && reeve.ErrorCode(err) != reeve.CodeConflict {
+		return fmt.Errorf("create the %s fleet: %w", fleetName, err)
+	}
+	key, _, err := s.CreateProvisioningKey(ctx, fleetName, "reeve dev", time.Time{})
+	if err != nil {
+		return fmt.Errorf("make a provisioning key: %w", err)
+	}
+	conf, _ := json.MarshalIndent(map[string]string{"apiEndpoint": m.server.URL(), "provisioningKey": key}, "", "  ")
+	return atomicfile.Write(confPath, append(conf, '\n'), 0o600)
 }
 
 // Addr returns the agent API's address.
 func (m *Main) Addr() string { return m.agent.Addr() }
 
-// Run serves the registry, installs the example on a first run and runs the
-// agent until ctx ends.
+// ServerURL returns the fleet server's URL.
+func (m *Main) ServerURL() string { return m.server.URL() }
+
+// Run serves the registry and the fleet server, pushes the example on a
+// first run and runs the agent until ctx ends.
 func (m *Main) Run(ctx context.Context) error {
 	m.reg = selfimage.Serve(m.regLn)
-	file, err := m.installExample(ctx)
+	srvErr := make(chan error, 1)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		srvErr <- m.server.Run(ctx)
+	}()
+	file, err := m.pushExample(ctx)
 	if err != nil {
-		m.Close()
-		return err
+		return errors.Join(err, m.Close())
 	}
+	m.login()
 	m.printNext(file)
 	err = m.agent.Run(ctx)
 	return errors.Join(err, m.Close())
 }
 
-// installExample writes the example compose file and, when the device has
-// no app yet, makes it the target.
-func (m *Main) installExample(ctx context.Context) (string, error) {
+// pushExample writes the example compose file and pushes it to the fleet
+// when the fleet has no release yet, or when its newest is the example
+// with the image of an earlier reeve binary (a rebuilt reeve has another).
+func (m *Main) pushExample(ctx context.Context) (string, error) {
 	exe := m.cfg.Binary
 	if exe == "" {
 		var err error
@@ -112,76 +197,69 @@ func (m *Main) installExample(ctx context.Context) (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(m.cfg.DataDir, "example")
+	file := filepath.Join(dir, "docker-compose.yml")
+	s := m.server.Server()
+	f, err := s.Fleet(ctx, fleetName)
+	if err != nil {
+		return "", err
+	}
+	var data []byte
+	latest, err := s.Store().LatestRelease(ctx, f.ID)
+	switch {
+	case reeve.ErrorCode(err) == reeve.CodeNotFound:
+		data = example.ComposeFile(image)
+	case err != nil:
+		return "", err
+	default:
+		prefix := m.regLn.Addr().String() + "/reeve/example:"
+		old := exampleImages(latest.Release, prefix, image)
+		if len(old) == 0 {
+			return file, nil // the user's own release, or this binary's example
+		}
+		text := latest.Compose
+		for _, ref := range old {
+			text = strings.ReplaceAll(text, ref, image)
+		}
+		data = []byte(text)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	file := filepath.Join(dir, "docker-compose.yml")
-	ag := m.agent.Agent()
-	ts, _ := ag.Target()
-	if len(ts[ag.UUID()].Apps) > 0 {
-		// Not a first run: the agent resumes its target, with the example
-		// image moved to this binary's (a rebuilt reeve has another).
-		return file, m.refreshExampleImage(ctx, file, image)
-	}
-	data := example.ComposeFile(image)
 	if err := os.WriteFile(file, data, 0o644); err != nil {
 		return "", fmt.Errorf("write the example compose file: %w", err)
 	}
-	rel, err := compose.Load(ctx, data, compose.Options{ProjectName: "hello", WorkingDir: dir})
-	if err != nil {
-		return "", fmt.Errorf("the bundled example does not load: %w", err)
-	}
-	uuid, app := localapi.LocalApp("hello", rel, compose.Commit(data))
-	if _, err := ag.SetTarget(ctx, localapi.WithApp(ts, ag.UUID(), ag.DeviceName(), uuid, app)); err != nil {
-		return "", fmt.Errorf("set the example as target: %w", err)
+	if _, _, err := s.Push(ctx, fleetName, data); err != nil {
+		return "", fmt.Errorf("push the example: %w", err)
 	}
 	return file, nil
 }
 
-// refreshExampleImage points every service that runs an example image of
-// an earlier reeve binary at this binary's image, in the target and in the
-// example compose file, keeping everything else the user changed.
-func (m *Main) refreshExampleImage(ctx context.Context, file, image string) error {
-	prefix := m.regLn.Addr().String() + "/reeve/example:"
-	ag := m.agent.Agent()
-	ts, _ := ag.Target()
-	dev := ts[ag.UUID()]
-	changed := map[string]bool{}
-	apps := map[string]reeve.App{}
-	for uuid, app := range dev.Apps {
-		rels := map[string]reeve.Release{}
-		for commit, rel := range app.Releases {
-			svcs := map[string]reeve.Service{}
-			for name, svc := range rel.Services {
-				if strings.HasPrefix(svc.Image, prefix) && svc.Image != image {
-					changed[svc.Image] = true
-					svc.Image = image
-				}
-				svcs[name] = svc
-			}
-			rel.Services = svcs
-			rels[commit] = rel
-		}
-		app.Releases = rels
-		apps[uuid] = app
-	}
-	if len(changed) == 0 {
-		return nil
-	}
-	dev.Apps = apps
-	if _, err := ag.SetTarget(ctx, reeve.TargetState{ag.UUID(): dev}); err != nil {
-		return fmt.Errorf("move the example to this reeve's image: %w", err)
-	}
-	if data, err := os.ReadFile(file); err == nil {
-		text := string(data)
-		for old := range changed {
-			text = strings.ReplaceAll(text, old, image)
-		}
-		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
-			return fmt.Errorf("update the example compose file: %w", err)
+// exampleImages lists the example images of other reeve binaries that rel
+// runs.
+func exampleImages(rel reeve.Release, prefix, current string) []string {
+	var out []string
+	for _, svc := range rel.Services {
+		if strings.HasPrefix(svc.Image, prefix) && svc.Image != current && !slices.Contains(out, svc.Image) {
+			out = append(out, svc.Image)
 		}
 	}
-	return nil
+	return out
+}
+
+// login points the CLI at the dev server, unless it is logged in to
+// another server: that login is the user's and is kept.
+func (m *Main) login() {
+	saved, err := clicfg.Load()
+	if err != nil || (saved.Server != "" && clicfg.NormalizeServer(saved.Server) != clicfg.NormalizeServer(m.server.URL())) {
+		return
+	}
+	token, err := devToken(filepath.Join(m.cfg.DataDir, "admin-token"))
+	if err != nil {
+		return
+	}
+	if path, err := clicfg.Save(clicfg.Config{Server: m.server.URL(), Token: token}); err == nil {
+		m.loggedIn = path
+	}
 }
 
 func (m *Main) printNext(file string) {
@@ -190,27 +268,38 @@ func (m *Main) printNext(file string) {
 	if addr != localapi.DefaultAddress {
 		dev = " --device " + addr
 	}
+	login := "The CLI is logged in to it."
+	if m.loggedIn == "" {
+		token, _ := devToken(filepath.Join(m.cfg.DataDir, "admin-token"))
+		login = fmt.Sprintf("The CLI is logged in elsewhere; to use this server:\n  reeve login %s --token %s", m.server.URL(), token)
+	}
 	fmt.Fprintf(m.cfg.Out, `
-reeve dev is running: device %s, agent API http://%s, data in %s
+reeve dev is running: fleet server %s, device %s in fleet %q,
+agent API http://%s, data in %s. %s
 
-The example app "hello" (a worker counting into a volume, and a web page) is
-being installed. From another terminal:
+The example app (a worker counting into a volume, and a web page) is being
+installed from the fleet. From another terminal:
 
-  reeve local status%s            watch it converge
+  reeve devices                         the device, online, and what it runs
+  reeve local status%s            the agent's own view
   curl http://127.0.0.1:48480/          the example's web page
-  reeve local apply%s -f %s
+  reeve push --fleet %s -f %s
                                         after editing it: only what changed is updated
+  reeve env set GREETING=hi --fleet %s --service web
+                                        a fleet variable: the web service gets it
 
-Ctrl-C stops the agent; containers keep running and the next start resumes.
+Ctrl-C stops the server and the agent; containers keep running and the next
+start resumes.
 
-`, m.agent.Agent().UUID(), addr, m.cfg.DataDir, dev, dev, file)
+`, m.server.URL(), m.agent.Agent().UUID(), fleetName, addr, m.cfg.DataDir, login, dev, fleetName, file, fleetName)
 }
 
-// Close stops the agent and the registry.
+// Close stops the agent, the server and the registry.
 func (m *Main) Close() error {
 	var err error
 	m.closeOne.Do(func() {
-		err = m.agent.Close()
+		err = errors.Join(m.agent.Close(), m.server.Close())
+		m.wg.Wait()
 		if m.reg != nil {
 			// Closed, not shut down gracefully: the engine may hold a
 			// connection open, and nothing here needs finishing.

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/clicfg"
 	"reeve.dev/reeve/internal/devmode"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/runtime/docker"
+	"reeve.dev/reeve/internal/serverapi"
 	"reeve.dev/reeve/internal/testimage"
 )
 
@@ -51,13 +53,14 @@ func TestDevInstallsTheExample(t *testing.T) {
 		t.Fatalf("build reeve: %v\n%s", err, out)
 	}
 	data := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir()) // the CLI login goes here
 	ns := "devtest"
 	t.Cleanup(func() { removeNamespace(t, ns) })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	run := func() (*devmode.Main, context.CancelFunc, chan error, *syncBuffer) {
 		out := &syncBuffer{}
-		m, err := devmode.New(context.Background(), devmode.Config{DataDir: data, Listen: "127.0.0.1:0",
+		m, err := devmode.New(context.Background(), devmode.Config{DataDir: data, Listen: "127.0.0.1:0", ServerListen: "127.0.0.1:0",
 			RegistryListen: "127.0.0.1:0", Binary: bin, Namespace: ns, Logger: log, Out: out})
 		if err != nil {
 			t.Fatal(err)
@@ -81,7 +84,7 @@ func TestDevInstallsTheExample(t *testing.T) {
 
 	m, cancel, done, out := run()
 	c := localapi.NewClient(m.Addr())
-	st := waitApplied(t, c, 1)
+	st := waitApplied(t, c)
 	if len(st.Services) != 2 {
 		t.Fatalf("services %+v, want web and worker", st.Services)
 	}
@@ -90,13 +93,36 @@ func TestDevInstallsTheExample(t *testing.T) {
 			t.Errorf("%s is %s", s.Service, s.Status)
 		}
 	}
-	if !strings.Contains(out.String(), "reeve local status") || !strings.Contains(out.String(), filepath.Join(data, "example", "docker-compose.yml")) {
+	if !strings.Contains(out.String(), "reeve devices") || !strings.Contains(out.String(), filepath.Join(data, "example", "docker-compose.yml")) {
 		t.Errorf("next steps not printed:\n%s", out.String())
+	}
+	// The CLI is logged in to the dev server, which sees the device
+	// online, running the example release.
+	login, err := clicfg.Load()
+	if err != nil || login.Server != m.ServerURL() || login.Token == "" {
+		t.Fatalf("CLI login %+v (%v), want the dev server %s", login, err, m.ServerURL())
+	}
+	op := serverapi.NewClient(login.Server, login.Token, nil)
+	var dev serverapi.DeviceView
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ds, err := op.Devices(context.Background(), "hello")
+		if err == nil && len(ds) == 1 && ds[0].Online && ds[0].State.Commit != nil && *ds[0].State.Commit == ds[0].TargetCommit {
+			dev = ds[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dev server does not see its device running the example: %+v %v", ds, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if dev.UUID != c2uuid(t, c) {
+		t.Fatalf("the fleet's device %s is not the agent %s", dev.UUID, c2uuid(t, c))
 	}
 	// The web page answers on the port the example publishes, and shows the
 	// worker's count from the shared volume.
 	var body string
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://127.0.0.1:48480/")
 		if err == nil {
@@ -114,10 +140,14 @@ func TestDevInstallsTheExample(t *testing.T) {
 	}
 	stop(cancel, done)
 
-	// A second start resumes: same target version, nothing reinstalled.
+	// A second start resumes: nothing reinstalled, no second release.
 	m, cancel, done, _ = run()
 	c = localapi.NewClient(m.Addr())
-	st2 := waitApplied(t, c, 1)
+	st2 := waitApplied(t, c)
+	op = serverapi.NewClient(m.ServerURL(), login.Token, nil)
+	if rs, err := op.Releases(context.Background(), "hello"); err != nil || len(rs) != 1 {
+		t.Errorf("releases after a restart: %d (%v), want the one example release", len(rs), err)
+	}
 	for i := range st2.Services {
 		if st2.Services[i].ContainerID != st.Services[i].ContainerID {
 			t.Errorf("%s was recreated by a restart of reeve dev", st2.Services[i].Service)
@@ -126,12 +156,21 @@ func TestDevInstallsTheExample(t *testing.T) {
 	stop(cancel, done)
 }
 
-func waitApplied(t *testing.T, c *localapi.Client, version int64) agent.Status {
+func c2uuid(t *testing.T, c *localapi.Client) string {
+	t.Helper()
+	info, err := c.DeviceInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.UUID
+}
+
+func waitApplied(t *testing.T, c *localapi.Client) agent.Status {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		st, err := c.Status(context.Background())
-		if err == nil && st.TargetVersion == version && st.AppState == agent.AppStateApplied && len(st.Services) > 0 {
+		if err == nil && st.AppState == agent.AppStateApplied && len(st.Services) > 0 {
 			return st.Status
 		}
 		if time.Now().After(deadline) {
