@@ -11,7 +11,7 @@ import (
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/server"
 	"reeve.dev/reeve/internal/serverapi"
-	"reeve.dev/reeve/internal/serverd"
+	"reeve.dev/reeve/internal/serverd/serverdtest"
 )
 
 // TestOperatorCLIAgainstTheRealServer runs an operator's session with the
@@ -19,20 +19,9 @@ import (
 // with a device registered through the device API as an agent would.
 func TestOperatorCLIAgainstTheRealServer(t *testing.T) {
 	isolate(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	const token = "cli-real-admin-token-0123456789"
-	m, err := serverd.New(ctx, serverd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminToken: token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
+	m := serverdtest.Start(t, token, nil)
 
 	mustFail(t, 1, []string{"fleets"}, "unknown command") // a typo is not a crash
 	mustFail(t, 1, []string{"fleet", "ls"}, "not logged in")

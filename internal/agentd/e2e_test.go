@@ -95,29 +95,10 @@ func (h *harness) close() {
 	case <-time.After(30 * time.Second):
 		h.t.Error("agent did not stop within 30 s")
 	}
-	ctx := context.Background()
-	snap, err := h.rt.Snapshot(ctx)
-	if err != nil {
-		h.t.Errorf("cleanup: %v", err)
-		return
-	}
-	for _, c := range snap.Containers {
-		_ = h.rt.Remove(ctx, c.ID)
-	}
-	for _, n := range snap.Networks {
-		_ = h.rt.RemoveNetwork(ctx, n.AppUUID, n.Name)
-	}
-	for _, v := range snap.Volumes {
-		_ = h.rt.RemoveVolume(ctx, v.AppUUID, v.Name)
-	}
-	_ = h.rt.Cleanup(ctx)
 	// Images pulled from this test's registry go too.
-	for _, img := range snap.Images {
-		for _, ref := range img.Refs {
-			if strings.HasPrefix(ref, h.reg.Host()+"/") {
-				_ = h.rt.RemoveImage(ctx, ref)
-			}
-		}
+	fromRegistry := func(ref string) bool { return strings.HasPrefix(ref, h.reg.Host()+"/") }
+	if err := h.rt.RemoveAll(context.Background(), fromRegistry); err != nil {
+		h.t.Errorf("cleanup: %v", err)
 	}
 	h.rt.Close()
 	h.engine.Close()

@@ -21,6 +21,7 @@ import (
 	"reeve.dev/reeve/internal/runtime/docker"
 	"reeve.dev/reeve/internal/serverapi"
 	"reeve.dev/reeve/internal/serverd"
+	"reeve.dev/reeve/internal/serverd/serverdtest"
 	"reeve.dev/reeve/internal/testimage"
 )
 
@@ -48,13 +49,8 @@ func newFleetRig(t *testing.T) *fleetRig {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	const token = "fleet-e2e-admin-token-0123456789"
+	r.srv = serverdtest.Start(t, token, log.With("role", "server"))
 	var err error
-	r.srv, err = serverd.New(ctx, serverd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminToken: token, Logger: log.With("role", "server")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- r.srv.Run(ctx) }()
 	r.op = serverapi.NewClient(r.srv.URL(), token, nil)
 
 	r.fleet, err = r.op.CreateFleet(ctx, serverapi.CreateFleetRequest{Name: "e2e"})
@@ -93,48 +89,22 @@ func newFleetRig(t *testing.T) *fleetRig {
 	}
 	t.Cleanup(func() {
 		cancel()
-		for name, ch := range map[string]chan error{"agent": agentDone, "server": srvDone} {
-			select {
-			case err := <-ch:
-				if err != nil {
-					t.Errorf("%s stopped with %v", name, err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("%s did not stop within 30 s", name)
+		select {
+		case err := <-agentDone:
+			if err != nil {
+				t.Errorf("agent stopped with %v", err)
 			}
+		case <-time.After(30 * time.Second):
+			t.Error("agent did not stop within 30 s")
 		}
-		removeAll(t, r.rt, r.reg.Host())
+		fromRegistry := func(ref string) bool { return strings.HasPrefix(ref, r.reg.Host()+"/") }
+		if err := r.rt.RemoveAll(context.Background(), fromRegistry); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 		r.rt.Close()
 		r.engine.Close()
 	})
 	return r
-}
-
-// removeAll removes what the agent made on the engine.
-func removeAll(t *testing.T, rt *docker.Runtime, registryHost string) {
-	ctx := context.Background()
-	snap, err := rt.Snapshot(ctx)
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	for _, c := range snap.Containers {
-		_ = rt.Remove(ctx, c.ID)
-	}
-	for _, n := range snap.Networks {
-		_ = rt.RemoveNetwork(ctx, n.AppUUID, n.Name)
-	}
-	for _, v := range snap.Volumes {
-		_ = rt.RemoveVolume(ctx, v.AppUUID, v.Name)
-	}
-	_ = rt.Cleanup(ctx)
-	for _, img := range snap.Images {
-		for _, ref := range img.Refs {
-			if strings.HasPrefix(ref, registryHost+"/") {
-				_ = rt.RemoveImage(ctx, ref)
-			}
-		}
-	}
 }
 
 func (r *fleetRig) push(yml string) reeve.FleetRelease {

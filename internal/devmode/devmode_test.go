@@ -188,25 +188,8 @@ func removeNamespace(t *testing.T, ns string) {
 		return
 	}
 	defer rt.Close()
-	snap, err := rt.Snapshot(ctx)
-	if err != nil {
+	example := func(ref string) bool { return strings.Contains(ref, "/reeve/example:") }
+	if err := rt.RemoveAll(ctx, example); err != nil {
 		t.Error(err)
-		return
-	}
-	for _, c := range snap.Containers {
-		_ = rt.Remove(ctx, c.ID)
-	}
-	for _, n := range snap.Networks {
-		_ = rt.RemoveNetwork(ctx, n.AppUUID, n.Name)
-	}
-	for _, v := range snap.Volumes {
-		_ = rt.RemoveVolume(ctx, v.AppUUID, v.Name)
-	}
-	for _, img := range snap.Images {
-		for _, ref := range img.Refs {
-			if strings.Contains(ref, "/reeve/example:") {
-				_ = rt.RemoveImage(ctx, ref)
-			}
-		}
 	}
 }

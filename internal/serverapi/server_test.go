@@ -2,7 +2,6 @@ package serverapi_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"reeve.dev/reeve/internal/server"
 	"reeve.dev/reeve/internal/serverapi"
 	"reeve.dev/reeve/internal/serverd"
+	"reeve.dev/reeve/internal/serverd/serverdtest"
 )
 
 const adminToken = "test-admin-token-0123456789abcdef"
@@ -28,19 +28,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := serverd.New(ctx, serverd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminToken: adminToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server stopped with %v", err)
-		}
-	})
+	m := serverdtest.Start(t, adminToken, nil)
 	return &env{t: t, m: m, url: m.URL()}
 }
 
