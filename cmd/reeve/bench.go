@@ -15,6 +15,7 @@ func benchCmd() *cobra.Command {
 		Short: "Measure reeve against a peer on this machine",
 	}
 	cmd.AddCommand(benchApplyCmd())
+	cmd.AddCommand(benchServerCmd())
 	return cmd
 }
 

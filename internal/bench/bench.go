@@ -399,24 +399,7 @@ func (b *bencher) removeNamespace(ns string) error {
 		return err
 	}
 	defer rt.Close()
-	snap, err := rt.Snapshot(ctx)
-	if err != nil {
-		return fmt.Errorf("clean up: %w", err)
-	}
-	var errs []error
-	for _, c := range snap.Containers {
-		errs = append(errs, rt.Remove(ctx, c.ID))
-	}
-	for _, n := range snap.Networks {
-		errs = append(errs, rt.RemoveNetwork(ctx, n.AppUUID, n.Name))
-	}
-	for _, v := range snap.Volumes {
-		errs = append(errs, rt.RemoveVolume(ctx, v.AppUUID, v.Name))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("clean up: %w", err)
-	}
-	return nil
+	return rt.RemoveAll(ctx, nil)
 }
 
 // composeRound times `compose up -d` as a subprocess, checks that every
