@@ -821,7 +821,7 @@ func pollThroughput(ctx context.Context, opts ServerOptions, dir string, out io.
 
 	p("Poll throughput: GET /device/v3/{uuid}/state of %d devices, %d concurrent keep-alive clients, %d round(s) of %s per path and side, the sides alternating\n",
 		len(devs), opts.Concurrency, opts.Rounds, opts.Duration)
-	p("reeve: `reeve server` (pid %s): device key check, target built from SQLite; peer: bare net/http handler, `reeve bench server peer` (pid %s), the same bytes from memory\n", s.pid(), peer.pid())
+	p("reeve: `reeve server` (pid %s): device key check, target from its poll cache (built from SQLite when the fleet changes); peer: bare net/http handler, `reeve bench server peer` (pid %s), the same bytes from memory\n", s.pid(), peer.pid())
 	p("target: %d bytes, ETag %s (the peer answers the same bytes, ETag and headers: checked)\n", len(devs[0].body), devs[0].etag)
 	p("CPU/req: CPU time (user+system) of the server process per request; load CPU/req: the same for this process, the load generator\n\n")
 	p("%-5s %-6s %-6s %10s %10s %10s %10s %13s %8s\n", "path", "round", "side", "req/s", "p50", "p99", "CPU/req", "load CPU/req", "errors")

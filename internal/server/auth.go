@@ -138,17 +138,19 @@ func (s *Server) KeyExchange(ctx context.Context, provKey, uuid, apiKey string) 
 	if len(apiKey) < minDeviceKey {
 		return reeve.Errorf(reeve.CodeInvalid, "api_key: the device key must be at least %d characters of random", minDeviceKey)
 	}
-	_, err = s.st.UpdateDevice(ctx, uuid, func(d *reeve.Device) error {
+	d, err := s.st.UpdateDevice(ctx, uuid, func(d *reeve.Device) error {
 		if d.FleetID != k.FleetID {
 			return reeve.Errorf(reeve.CodeForbidden, "this provisioning key is for another fleet than device %s's", uuid)
 		}
 		d.KeyHash = Hash(apiKey)
 		return nil
 	})
-	if err == nil {
-		s.log.Info("device key exchanged", "uuid", uuid)
+	if err != nil {
+		return err
 	}
-	return err
+	s.hub.notify(d.FleetID) // the old key's polls end; cached keys go
+	s.log.Info("device key exchanged", "uuid", uuid)
+	return nil
 }
 
 var errNoDeviceKey = reeve.Errorf(reeve.CodeUnauthorized, "a device key is required: send Authorization: Bearer <device key>")
@@ -161,6 +163,9 @@ func (s *Server) AuthDevice(ctx context.Context, uuid, key string) (reeve.Device
 		return reeve.Device{}, errNoDeviceKey
 	}
 	h := Hash(key)
+	if p, ok := s.cachedDevice(uuid); ok && p.dev.KeyHash != "" && sameHash(p.dev.KeyHash, h) {
+		return p.dev, nil
+	}
 	d, err := s.st.Device(ctx, uuid)
 	if err == nil && d.KeyHash != "" && sameHash(d.KeyHash, h) {
 		return d, nil

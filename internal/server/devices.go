@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/store"
 )
 
 // DeviceView is a device as operators see it.
@@ -85,24 +86,43 @@ func (s *Server) online(d *reeve.Device) bool {
 	return s.now().Sub(d.LastSeen) <= interval*3/2
 }
 
-func (s *Server) view(ctx context.Context, d reeve.Device, fleets map[int64]reeve.Fleet) (DeviceView, error) {
-	f, ok := fleets[d.FleetID]
+// viewMemo keeps what listing many devices reads once per fleet.
+type viewMemo struct {
+	fleets map[int64]reeve.Fleet
+	latest map[int64]string // fleet → the commit it tracks ("" for none)
+}
+
+func newViewMemo() *viewMemo {
+	return &viewMemo{fleets: map[int64]reeve.Fleet{}, latest: map[int64]string{}}
+}
+
+func (s *Server) view(ctx context.Context, d reeve.Device, memo *viewMemo) (DeviceView, error) {
+	f, ok := memo.fleets[d.FleetID]
 	if !ok {
 		var err error
 		if f, err = s.st.Fleet(ctx, d.FleetID); err != nil {
 			return DeviceView{}, err
 		}
-		fleets[f.ID] = f
+		memo.fleets[f.ID] = f
 	}
 	v := DeviceView{Device: d, Fleet: f.Name}
 	v.Online = s.online(&v.Device)
-	r, ok, err := s.releaseFor(ctx, f, d)
-	if err != nil {
-		return v, err
+	if d.PinnedRelease != "" {
+		v.TargetCommit = d.PinnedRelease
+		return v, nil
 	}
-	if ok {
-		v.TargetCommit = r.Commit
+	commit, ok := memo.latest[f.ID]
+	if !ok {
+		r, found, err := s.releaseFor(ctx, f, reeve.Device{})
+		if err != nil {
+			return v, err
+		}
+		if found {
+			commit = r.Commit
+		}
+		memo.latest[f.ID] = commit
 	}
+	v.TargetCommit = commit
 	return v, nil
 }
 
@@ -120,10 +140,10 @@ func (s *Server) Devices(ctx context.Context, fleet string) ([]DeviceView, error
 	if err != nil {
 		return nil, err
 	}
-	fleets := map[int64]reeve.Fleet{}
+	memo := newViewMemo()
 	out := make([]DeviceView, 0, len(ds))
 	for _, d := range ds {
-		v, err := s.view(ctx, d, fleets)
+		v, err := s.view(ctx, d, memo)
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +158,7 @@ func (s *Server) Device(ctx context.Context, uuid string) (DeviceView, error) {
 	if err != nil {
 		return DeviceView{}, err
 	}
-	return s.view(ctx, d, map[int64]reeve.Fleet{})
+	return s.view(ctx, d, newViewMemo())
 }
 
 func (s *Server) device(ctx context.Context, uuid string) (reeve.Device, error) {
@@ -158,7 +178,7 @@ func (s *Server) updateDevice(ctx context.Context, uuid string, fn func(*reeve.D
 		return DeviceView{}, err
 	}
 	s.hub.notify(d.FleetID)
-	return s.view(ctx, d, map[int64]reeve.Fleet{})
+	return s.view(ctx, d, newViewMemo())
 }
 
 // UpdateDevice renames a device or pins it to a release of its fleet (nil
@@ -252,15 +272,83 @@ func (s *Server) Report(ctx context.Context, dev reeve.Device, cs reeve.CurrentS
 	}
 	rep.Name = nil // the operator names devices
 	now := s.now()
-	_, err := s.st.UpdateDevice(ctx, dev.UUID, func(d *reeve.Device) error {
+	merge := func(d *reeve.Device) error {
 		d.State.Merge(rep)
 		d.ReportedAt = now
 		if now.After(d.LastSeen) {
 			d.LastSeen = now
 		}
 		return nil
-	})
-	return err
+	}
+	if !s.batching.Load() {
+		_, err := s.st.UpdateDevice(ctx, dev.UUID, merge)
+		return err
+	}
+	// Reports share commits: each one is a small write, and one fsync per
+	// report would cap a server near a thousand devices reporting at once.
+	// The answer waits for the commit, so an accepted report is stored.
+	r := reportReq{update: store.DeviceUpdate{UUID: dev.UUID, Fn: merge}, done: make(chan error, 1)}
+	select {
+	case s.reports <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return errShuttingDown
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return errShuttingDown
+	}
+}
+
+var errShuttingDown = reeve.Errorf(reeve.CodeUnavailable, "the server is shutting down: send it again")
+
+type reportReq struct {
+	update store.DeviceUpdate
+	done   chan error
+}
+
+// maxReportBatch bounds how many reports share one commit.
+const maxReportBatch = 512
+
+// writeReports writes queued reports, as many per commit as have queued up
+// while the previous commit was being made.
+func (s *Server) writeReports(ctx context.Context) {
+	batch := make([]reportReq, 0, maxReportBatch)
+	updates := make([]store.DeviceUpdate, 0, maxReportBatch)
+	for {
+		batch, updates = batch[:0], updates[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-s.reports:
+			batch = append(batch, r)
+		}
+	more:
+		for len(batch) < maxReportBatch {
+			select {
+			case r := <-s.reports:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		for _, r := range batch {
+			updates = append(updates, r.update)
+		}
+		errs, err := s.st.UpdateDevices(ctx, updates)
+		for i, r := range batch {
+			if err != nil {
+				r.done <- err
+			} else {
+				r.done <- errs[i]
+			}
+		}
+	}
 }
 
 func checkReport(r reeve.DeviceReport) error {

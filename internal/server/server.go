@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"reeve.dev/reeve"
@@ -46,9 +47,13 @@ type Server struct {
 	polling map[string]int       // device UUID → long polls open now
 
 	releases releaseCache
+	polls    pollCache
 
 	closed    chan struct{} // closed by Close: long polls end
 	closeOnce sync.Once
+
+	reports  chan reportReq // to writeReports
+	batching atomic.Bool    // writeReports runs
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -74,14 +79,21 @@ func New(opts Options) *Server {
 		seen:     map[string]time.Time{},
 		polling:  map[string]int{},
 		releases: releaseCache{m: map[int64]reeve.FleetRelease{}},
+		polls:    pollCache{m: map[string]*polled{}},
 		closed:   make(chan struct{}),
+		reports:  make(chan reportReq, maxReportBatch),
 	}
 }
 
-// Start starts writing last-seen times in the background.
+// Start starts writing reports and last-seen times in the background.
 func (s *Server) Start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
-	s.wg.Add(1)
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.writeReports(ctx)
+	}()
+	s.batching.Store(true)
 	go func() {
 		defer s.wg.Done()
 		t := time.NewTicker(s.opt.SeenFlushInterval)

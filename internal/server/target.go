@@ -136,6 +136,16 @@ func (s *Server) TargetOf(ctx context.Context, d reeve.Device) (Target, error) {
 	return Target{Body: body, ETag: `"` + hex.EncodeToString(sum[:16]) + `"`, Commit: r.Commit}, nil
 }
 
+// Poll returns the device's target state, answered from memory while
+// nothing of its fleet changed.
+func (s *Server) Poll(ctx context.Context, dev reeve.Device) (Target, error) {
+	p, err := s.polledDevice(ctx, dev.UUID, dev.FleetID)
+	if err != nil {
+		return Target{}, err
+	}
+	return p.target, nil
+}
+
 // WaitTarget is a long poll: it returns the device's target as soon as its
 // ETag differs from etag, or with changed false once wait is over (or ctx
 // ends). The device is online while it waits.
@@ -146,25 +156,24 @@ func (s *Server) WaitTarget(ctx context.Context, dev reeve.Device, etag string, 
 	defer timer.Stop()
 	for {
 		ch := s.hub.wait(dev.FleetID) // before reading, so no change is missed
-		d, err := s.st.Device(ctx, dev.UUID)
+		p, err := s.polledDevice(ctx, dev.UUID, dev.FleetID)
 		if err != nil {
 			return Target{}, false, err
 		}
-		if d.KeyHash != dev.KeyHash {
+		if p.dev.KeyHash != dev.KeyHash {
 			return Target{}, false, reeve.Errorf(reeve.CodeUnauthorized, "the key of device %s was revoked or replaced: provision the device again", dev.UUID)
 		}
-		t, err = s.TargetOf(ctx, d)
-		if err != nil || t.ETag != etag {
-			return t, err == nil, err
+		if p.target.ETag != etag {
+			return p.target, true, nil
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			return t, false, nil
+			return p.target, false, nil
 		case <-ctx.Done():
-			return t, false, nil
+			return p.target, false, nil
 		case <-s.closed:
-			return t, false, nil
+			return p.target, false, nil
 		}
 	}
 }

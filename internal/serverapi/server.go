@@ -185,7 +185,7 @@ func (h *Handler) state(w http.ResponseWriter, r *http.Request) {
 	if wait > 0 && inm != "" {
 		t, changed, err = h.s.WaitTarget(r.Context(), d, inm, wait)
 	} else {
-		t, err = h.s.TargetOf(r.Context(), d)
+		t, err = h.s.Poll(r.Context(), d)
 		changed = t.ETag != inm
 	}
 	if err != nil {

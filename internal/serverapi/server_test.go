@@ -165,6 +165,13 @@ func TestDeviceAuthMatrix(t *testing.T) {
 	if len(ds) != 3 {
 		t.Fatalf("%d devices, want 3: a refused registration was stored", len(ds))
 	}
+	// A deleted device's key stops working at once, though its polls
+	// were answered from memory.
+	e.must(200, "GET", "/device/v3/"+s.b+"/state", s.keyB, nil, nil)
+	e.must(204, "DELETE", "/api/v1/devices/"+s.b, adminToken, nil, nil)
+	if status, body, _ := e.call("GET", "/device/v3/"+s.b+"/state", s.keyB, nil); status != 401 {
+		t.Fatalf("a deleted device polled: %d %s", status, body)
+	}
 	// The revoked device key says so.
 	_, body, _ := e.call("GET", "/device/v3/"+s.c+"/state", s.keyC, nil)
 	if msg := errorOf(t, body).Message; !strings.Contains(msg, "revoked") {
@@ -414,6 +421,7 @@ func TestReportMergesAndRegisterConflict(t *testing.T) {
 	}
 	// Registering a UUID twice: 409, then the key exchange gives the
 	// device a new key and the old one stops working.
+	e.must(200, "GET", "/device/v3/"+s.a+"/state", s.keyA, nil, nil) // the poll cache holds the old key now
 	newKey := server.NewSecret()
 	status, body, _ := e.call("POST", "/device/register", s.provKey, serverapi.RegisterRequest{UUID: s.a, DeviceType: "generic-amd64", APIKey: newKey})
 	if status != 409 || !strings.Contains(errorOf(t, body).Message, "key-exchange") {

@@ -65,6 +65,12 @@ type Store interface {
 	// read through the store but must not write through it (SQLite has
 	// one writer: it would wait for ever).
 	UpdateDevice(ctx context.Context, uuid string, fn func(*reeve.Device) error) (reeve.Device, error)
+	// UpdateDevices is UpdateDevice for many devices in one transaction,
+	// so that many small changes (device reports) share one commit. errs
+	// holds each update's own error (its fn's, or not_found): a failed
+	// update writes nothing of its device and does not stop the others.
+	// err is for the transaction as a whole; then nothing was written.
+	UpdateDevices(ctx context.Context, updates []DeviceUpdate) (errs []error, err error)
 	// TouchDevices raises LastSeen of many devices at once (never lowers
 	// it); unknown UUIDs are ignored.
 	TouchDevices(ctx context.Context, seen map[string]time.Time) error
@@ -90,4 +96,10 @@ type Store interface {
 	DeleteVar(ctx context.Context, kind string, fleetID, deviceID int64, service, name string) error
 
 	Close() error
+}
+
+// DeviceUpdate is one change of UpdateDevices.
+type DeviceUpdate struct {
+	UUID string
+	Fn   func(*reeve.Device) error
 }

@@ -510,33 +510,66 @@ func (s *Store) Devices(ctx context.Context, fleetID int64) ([]reeve.Device, err
 }
 
 func (s *Store) UpdateDevice(ctx context.Context, uuid string, fn func(*reeve.Device) error) (reeve.Device, error) {
-	const op = "update device"
 	var out reeve.Device
-	err := s.inTx(ctx, op, func(tx *sql.Tx) error {
-		d, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE uuid = ?`, uuid))
-		if d, err = one(d, err, op, notFound("device %s not found", uuid)); err != nil {
-			return err
-		}
-		id := d.ID
-		if err := fn(&d); err != nil {
-			return err
-		}
-		d.UUID = uuid // for messages: the UUID is not written
-		args, err := deviceArgs(d)
-		if err != nil {
-			return err
-		}
-		out, err = scanDevice(tx.QueryRowContext(ctx,
-			`UPDATE devices SET name = ?, fleet_id = ?, device_type = ?, key_hash = ?, pinned_release = ?,
-			tags = ?, last_seen = ?, state = ?, reported_at = ? WHERE id = ? RETURNING `+deviceCols,
-			append(args, id)...))
-		if err != nil {
-			return deviceWriteError(err, d, op)
+	err := s.inTx(ctx, "update device", func(tx *sql.Tx) error {
+		var err error
+		out, err = updateDeviceTx(ctx, tx, uuid, fn)
+		return err
+	})
+	if err != nil {
+		return reeve.Device{}, err
+	}
+	return out, nil
+}
+
+func (s *Store) UpdateDevices(ctx context.Context, updates []store.DeviceUpdate) ([]error, error) {
+	errs := make([]error, len(updates))
+	err := s.inTx(ctx, "update devices", func(tx *sql.Tx) error {
+		for i, u := range updates {
+			var fnErr error
+			_, err := updateDeviceTx(ctx, tx, u.UUID, func(d *reeve.Device) error {
+				fnErr = u.Fn(d)
+				return fnErr
+			})
+			switch code := reeve.ErrorCode(err); {
+			case err == nil:
+			case fnErr != nil || code == reeve.CodeNotFound || code == reeve.CodeConflict:
+				errs[i] = err // this update's own failure
+			default:
+				return err // the database's: the transaction goes as a whole
+			}
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	return errs, nil
+}
+
+// updateDeviceTx reads a device, lets fn change it and writes it back,
+// inside tx. An error from fn writes nothing and is returned as is.
+func updateDeviceTx(ctx context.Context, tx *sql.Tx, uuid string, fn func(*reeve.Device) error) (reeve.Device, error) {
+	const op = "update device"
+	d, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE uuid = ?`, uuid))
+	if d, err = one(d, err, op, notFound("device %s not found", uuid)); err != nil {
 		return reeve.Device{}, err
+	}
+	id := d.ID
+	if err := fn(&d); err != nil {
+		return reeve.Device{}, err
+	}
+	d.UUID = uuid // for messages: the UUID is not written
+	args, err := deviceArgs(d)
+	if err != nil {
+		return reeve.Device{}, err
+	}
+	out, err := scanDevice(tx.QueryRowContext(ctx,
+		`UPDATE devices SET name = ?, fleet_id = ?, device_type = ?, key_hash = ?, pinned_release = ?,
+		tags = ?, last_seen = ?, state = ?, reported_at = ? WHERE id = ? RETURNING `+deviceCols,
+		append(args, id)...))
+	if err != nil {
+		return reeve.Device{}, deviceWriteError(err, d, op)
 	}
 	return out, nil
 }

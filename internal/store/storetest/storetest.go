@@ -43,6 +43,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UpdateDevice", testUpdateDevice},
 		{"UpdateDeviceAborts", testUpdateDeviceAborts},
 		{"UpdateDeviceConcurrent", testUpdateDeviceConcurrent},
+		{"UpdateDevices", testUpdateDevices},
 		{"TouchDevices", testTouchDevices},
 		{"TouchManyDevices", testTouchManyDevices},
 		{"DeleteDevice", testDeleteDevice},
@@ -1294,5 +1295,64 @@ func testDeleteVar(t *testing.T, s store.Store) {
 	again := newVar(t, s, reeve.Variable{Kind: reeve.VarEnv, FleetID: lobby.ID, Name: "A", Value: "again"})
 	if again.ID == fleetA.ID {
 		t.Errorf("a new variable got the ID %d of a deleted one", again.ID)
+	}
+}
+
+func testUpdateDevices(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	lobby := newFleet(t, s, "lobby")
+	a := newDevice(t, s, lobby.ID, "a")
+	b := newDevice(t, s, lobby.ID, "b")
+	c := newDevice(t, s, lobby.ID, "c")
+	refused := errors.New("refused by fn")
+	setStatus := func(status string) func(*reeve.Device) error {
+		return func(d *reeve.Device) error {
+			d.State.Merge(reeve.DeviceReport{Status: ptr(status)})
+			return nil
+		}
+	}
+	errs, err := s.UpdateDevices(ctx, []store.DeviceUpdate{
+		{UUID: a.UUID, Fn: setStatus("Idle")},
+		{UUID: b.UUID, Fn: func(d *reeve.Device) error { d.Name = "changed"; return refused }},
+		{UUID: uuidFor("nobody"), Fn: setStatus("Idle")},
+		{UUID: c.UUID, Fn: setStatus("Updating")},
+		{UUID: a.UUID, Fn: func(d *reeve.Device) error { // sees the first update of a
+			if d.State.Status == nil || *d.State.Status != "Idle" {
+				return fmt.Errorf("the second update of a device does not see the first: %+v", d.State)
+			}
+			d.Name = "a2"
+			return nil
+		}},
+	})
+	ok(t, err, "update devices")
+	if len(errs) != 5 {
+		t.Fatalf("%d errors for 5 updates", len(errs))
+	}
+	if errs[0] != nil || errs[3] != nil || errs[4] != nil {
+		t.Errorf("successful updates have errors: %v", errs)
+	}
+	if errs[1] != refused {
+		t.Errorf("fn's error came back as %v, want it as is", errs[1])
+	}
+	if reeve.ErrorCode(errs[2]) != reeve.CodeNotFound {
+		t.Errorf("unknown device: %v, want not_found", errs[2])
+	}
+	got, err := s.Device(ctx, a.UUID)
+	ok(t, err, "read a")
+	if got.Name != "a2" || got.State.Status == nil || *got.State.Status != "Idle" {
+		t.Errorf("a after both updates: name %q state %+v", got.Name, got.State)
+	}
+	got, err = s.Device(ctx, b.UUID)
+	ok(t, err, "read b")
+	if got.Name != "b" {
+		t.Errorf("the refused update of b was written: name %q", got.Name)
+	}
+	got, err = s.Device(ctx, c.UUID)
+	ok(t, err, "read c")
+	if got.State.Status == nil || *got.State.Status != "Updating" {
+		t.Errorf("the update after a failed one was not written: %+v", got.State)
+	}
+	if errs, err := s.UpdateDevices(ctx, nil); err != nil || len(errs) != 0 {
+		t.Errorf("no updates: %v %v", errs, err)
 	}
 }
