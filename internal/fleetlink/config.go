@@ -128,6 +128,9 @@ func (c Config) MarshalJSON() ([]byte, error) {
 // not an error: EnsureIdentity makes them.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no device config at %s: make one with `reeve key create --fleet F -o config.json` and pass --config, or run with --local to do without a fleet server", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read fleet config: %w", err)
 	}
@@ -154,7 +157,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%s: apiEndpoint %q %w", where, c.APIEndpoint, err)
 	}
 	if c.ProvisioningKey == "" && c.DeviceAPIKey == "" {
-		return fmt.Errorf("%s: the device has neither a provisioningKey nor a deviceApiKey: add the fleet's provisioning key as provisioningKey (`reeve fleet keys create`) so that it can register", where)
+		return fmt.Errorf("%s: the device has neither a provisioningKey nor a deviceApiKey: add the fleet's provisioning key as provisioningKey (`reeve key create --fleet F`) so that it can register", where)
 	}
 	if c.UUID != "" && !reeve.ValidUUID(c.UUID) {
 		return fmt.Errorf("%s: uuid %q is not valid: use 32 lowercase hex digits, or remove it to have one made", where, c.UUID)

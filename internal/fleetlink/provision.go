@@ -35,7 +35,7 @@ func (l *Link) provision(ctx context.Context) bool {
 		case reeve.CodeUnauthorized:
 			refused = true
 			wait = l.jitter(l.cfg.BackoffMax)
-			msg = fmt.Sprintf("the server refused the provisioning key in %s (%v): it is unknown, revoked or expired; put a valid provisioning key of the device's fleet in provisioningKey (`reeve fleet keys create`) and restart the agent", l.conf.Path, err)
+			msg = fmt.Sprintf("the server refused the provisioning key in %s (%v): it is unknown, revoked or expired; put a valid provisioning key of the device's fleet in provisioningKey (`reeve key create --fleet F`) and restart the agent", l.conf.Path, err)
 		case reeve.CodeInvalid, reeve.CodeForbidden, reeve.CodeNotFound:
 			// The server will say the same until someone changes
 			// something: ask again slowly.
