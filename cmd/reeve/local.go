@@ -25,13 +25,26 @@ func localCmd() *cobra.Command {
 		Short: "Work with an agent in local mode: apply a compose file, see its status",
 	}
 	cmd.PersistentFlags().String("device", localapi.DefaultAddress, "the agent's local API address")
+	cmd.PersistentFlags().String("api-key", "", "the agent's API key (default: $REEVE_API_KEY, else read from the agent's data directory)")
+	cmd.PersistentFlags().String("data", "/var/lib/reeve", "the agent's data directory, where its API key is")
 	cmd.AddCommand(localApplyCmd(), localStatusCmd(), localTargetCmd(), localRemoveCmd())
 	return cmd
 }
 
-func deviceClient(cmd *cobra.Command) *localapi.Client {
+func deviceClient(cmd *cobra.Command) (*localapi.Client, error) {
 	addr, _ := cmd.Flags().GetString("device")
-	return localapi.NewClient(addr)
+	key, _ := cmd.Flags().GetString("api-key")
+	if key == "" {
+		key = os.Getenv("REEVE_API_KEY")
+	}
+	if key == "" {
+		dir, _ := cmd.Flags().GetString("data")
+		var err error
+		if key, err = localapi.ReadKeyFile(dir); err != nil {
+			return nil, err
+		}
+	}
+	return localapi.NewClient(addr).WithKey(key), nil
 }
 
 func localApplyCmd() *cobra.Command {
@@ -58,7 +71,10 @@ func localApplyCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s is not a valid release: %w", file, err)
 			}
-			c := deviceClient(cmd)
+			c, err := deviceClient(cmd)
+			if err != nil {
+				return err
+			}
 			commit := compose.Commit(data)
 			version, info, err := c.ApplyApp(cmd.Context(), name, rel, commit)
 			if err != nil {
@@ -107,7 +123,11 @@ func localRemoveCmd() *cobra.Command {
 		Short: "Remove an app from the target (its volumes are kept)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := deviceClient(cmd).RemoveApp(cmd.Context(), args[0])
+			c, err := deviceClient(cmd)
+			if err != nil {
+				return err
+			}
+			v, err := c.RemoveApp(cmd.Context(), args[0])
 			if reeve.ErrorCode(err) == reeve.CodeNotFound {
 				return usageError{err}
 			}
@@ -126,7 +146,11 @@ func localTargetCmd() *cobra.Command {
 		Short: "Print the device's target state as JSON",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ts, _, err := deviceClient(cmd).Target(cmd.Context())
+			c, err := deviceClient(cmd)
+			if err != nil {
+				return err
+			}
+			ts, _, err := c.Target(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -144,7 +168,11 @@ func localStatusCmd() *cobra.Command {
 		Short: "Show every service with its status",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := deviceClient(cmd).Status(cmd.Context())
+			c, err := deviceClient(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := c.Status(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -111,6 +111,8 @@ In local mode (--local) the target is set on the device itself with
 	f.StringVar(&cfg.RegistryAuth, "registry-auth", "", "docker config.json holding registry credentials")
 	f.StringVar(&cfg.DeviceName, "device-name", "", "device name (default: the host name)")
 	f.StringVar(&cfg.DeviceType, "device-type", "", "device type (default: generic-<arch>)")
+	f.StringSliceVar(&cfg.RebootCommand, "reboot-command", nil, "command POST /v1/reboot runs, comma-separated (default systemctl,reboot)")
+	f.StringSliceVar(&cfg.ShutdownCommand, "shutdown-command", nil, "command POST /v1/shutdown runs, comma-separated (default systemctl,poweroff)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.Namespace, "namespace", "", "separate this agent's containers from other agents' on the same engine")
 	_ = f.MarkHidden("namespace")

@@ -47,9 +47,17 @@ func TestBadFlagExitsTwo(t *testing.T) {
 }
 
 func TestUnreachableAgentExitsOne(t *testing.T) {
-	_, err := run(t, "local", "status", "--device", "127.0.0.1:1")
+	_, err := run(t, "local", "status", "--device", "127.0.0.1:1", "--api-key", "k")
 	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "cannot reach the agent") {
 		t.Fatalf("err %v (exit %d), want exit 1 saying the agent cannot be reached", err, exitCode(err))
+	}
+}
+
+func TestLocalCommandsSayWhereTheKeyIs(t *testing.T) {
+	t.Setenv("REEVE_API_KEY", "")
+	_, err := run(t, "local", "status", "--device", "127.0.0.1:1", "--data", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "--api-key") || !strings.Contains(err.Error(), "REEVE_API_KEY") {
+		t.Fatalf("err %v, want it to say how to give the API key", err)
 	}
 }
 

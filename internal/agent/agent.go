@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +34,9 @@ type Config struct {
 	// Runtime runs the services. Required.
 	Runtime runtime.Runtime
 	Logger  *slog.Logger
+	// APIAddress is where the agent's API listens (host:port), given to
+	// services labelled io.reeve.features.supervisor-api.
+	APIAddress string
 	// UUID is the device's identity when it is given one (a fleet device's
 	// config.json); "" keeps the UUID stored in the database, made at the
 	// first start.
@@ -130,6 +134,11 @@ type Agent struct {
 	svcErrors   map[string]string        // "<app>/<service>" → last step error
 	status      Status
 	loopAlive   time.Time
+	ov          overrides // the API's temporary changes to the target
+	apiKey      string    // device-wide API key
+
+	actMu      sync.Mutex // one API action at a time
+	appKeySeed string     // app API keys are derived from it
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -171,6 +180,16 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		d.close()
 		return nil, err
 	}
+	apiKey, err := d.getOrCreate(ctx, "api_key", newSecret)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	seed, err := d.getOrCreate(ctx, "app_key_seed", newSecret)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
 	ts, version, err := d.target(ctx)
 	var invalid *reeve.ValidationError
 	switch {
@@ -198,6 +217,13 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		fetchFailed: map[string]*fetchFailure{},
 		stepFailed:  map[string]*fetchFailure{},
 		svcErrors:   map[string]string{},
+		ov:          newOverrides(),
+		apiKey:      apiKey,
+		appKeySeed:  seed,
+	}
+	if err := a.writeKeyFile(apiKey); err != nil {
+		d.close()
+		return nil, fmt.Errorf("write the API key file: %w", err)
 	}
 	a.status = Status{DeviceUUID: uuid, AppState: AppStateApplying, TargetVersion: version}
 	if invalid != nil {
@@ -281,6 +307,7 @@ func (a *Agent) SetTarget(ctx context.Context, ts reeve.TargetState) (int64, err
 		return 0, err
 	}
 	a.mu.Lock()
+	a.endStops(a.target[a.uuid], ts[a.uuid])
 	a.target, a.version, a.hasTarget = ts, version, true
 	clear(a.stepFailed) // a new target gets fresh attempts
 	if a.applyCancel != nil {
@@ -314,8 +341,11 @@ func (a *Agent) Healthy() error {
 	return nil
 }
 
-// lockDir is the host directory holding a service's update lock and
-// hand-over signal; it is mounted into the service's containers.
+// LockDir is the host directory holding a service's update lock
+// (updates.lock) and hand-over signal; it is mounted into the service's
+// containers at /tmp/reeve (and /tmp/balena, /tmp/resin).
+func (a *Agent) LockDir(app, service string) string { return a.lockDir(app, service) }
+
 func (a *Agent) lockDir(app, service string) string {
 	return filepath.Join(a.cfg.RunDir, "locks", app, service)
 }
@@ -331,5 +361,18 @@ func (a *Agent) deviceTarget() (reeve.DeviceTarget, int64, bool) {
 	if d.Apps == nil {
 		d.Apps = map[string]reeve.App{}
 	}
-	return d, a.version, a.hasTarget
+	return a.ov.apply(d), a.version, a.hasTarget
+}
+
+// endStops ends the stops of services whose app gets another release: a
+// new release runs. Called with a.mu held.
+func (a *Agent) endStops(old, cur reeve.DeviceTarget) {
+	for key := range a.ov.stopped {
+		app, _, _ := strings.Cut(key, "/")
+		oldCommit, _, _ := old.Apps[app].Release()
+		newCommit, _, _ := cur.Apps[app].Release()
+		if oldCommit != newCommit {
+			delete(a.ov.stopped, key)
+		}
+	}
 }

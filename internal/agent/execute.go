@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/engine"
@@ -77,7 +79,7 @@ func (a *Agent) execute(ctx context.Context, s engine.Step, env engine.Env) erro
 	case engine.ActionCleanup:
 		return rt.Cleanup(ctx)
 	case engine.ActionTakeLock:
-		return a.takeLock(ctx, s.AppUUID, s.Services, env.Force)
+		return a.takeLock(ctx, s.AppUUID, s.Services, env.Force || a.forced(s.AppUUID))
 	case engine.ActionReleaseLock:
 		return a.releaseLock(ctx, s.AppUUID)
 	case engine.ActionFetch, engine.ActionNoop:
@@ -127,6 +129,13 @@ func (a *Agent) handover(ctx context.Context, s engine.Step) error {
 	return nil
 }
 
+// forced reports whether an API action forces through the app's locks.
+func (a *Agent) forced(app string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ov.force[app]
+}
+
 // withExtras adds what the agent gives every container: its identity in the
 // environment and its lock directory.
 func (a *Agent) withExtras(spec reeve.ServiceSpec) reeve.ServiceSpec {
@@ -139,6 +148,16 @@ func (a *Agent) withExtras(spec reeve.ServiceSpec) reeve.ServiceSpec {
 		"APP_NAME":     spec.AppName,
 		"SERVICE_NAME": spec.ServiceName,
 		"RELEASE":      spec.Commit,
+	}
+	if supervisorAPI(spec.Service) && a.cfg.APIAddress != "" {
+		host, port, _ := net.SplitHostPort(a.cfg.APIAddress)
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			host = "127.0.0.1" // listening everywhere: loopback reaches it from the host network
+		}
+		vals["SUPERVISOR_HOST"] = host
+		vals["SUPERVISOR_PORT"] = port
+		vals["SUPERVISOR_ADDRESS"] = "http://" + net.JoinHostPort(host, port)
+		vals["SUPERVISOR_API_KEY"] = a.AppAPIKey(spec.AppUUID)
 	}
 	for k, v := range vals {
 		env["REEVE_"+k] = v
@@ -156,6 +175,14 @@ func (a *Agent) withExtras(spec reeve.ServiceSpec) reeve.ServiceSpec {
 		{Type: reeve.MountBind, Source: dir, Target: lockMountResin},
 	}
 	return spec
+}
+
+// LabelSupervisorAPI gives a service its app's key to the agent's API.
+const LabelSupervisorAPI = "io.reeve.features.supervisor-api"
+
+func supervisorAPI(svc reeve.Service) bool {
+	v, _ := svc.Label(LabelSupervisorAPI)
+	return v == "1" || strings.EqualFold(v, "true")
 }
 
 // lockToken is what the agent writes into the lock files it makes, so that

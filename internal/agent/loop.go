@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -291,6 +292,10 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 		OwnedImages:  owned,
 		Force:        overrideLock(dev.Config),
 	}
+	a.mu.Lock()
+	env.KeepImages = a.ov.intermediate()
+	forced := maps.Clone(a.ov.force)
+	a.mu.Unlock()
 	for ref, f := range dl.failed {
 		env.FetchFailed[ref] = f.err
 		if env.Now.Before(f.retryAt) {
@@ -327,7 +332,7 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 		ls := env.Locks[app]
 		for svc := range svcs {
 			dir := a.lockDir(app, svc)
-			if held, ours := a.lockHolder(dir); held && !ours {
+			if held, ours := a.lockHolder(dir); held && !ours && !forced[app] {
 				ls.HeldByUser = true
 			}
 			if _, err := os.Stat(filepath.Join(dir, handoverFile)); err == nil {

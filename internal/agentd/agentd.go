@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,11 @@ type Config struct {
 	Logger    *slog.Logger
 	// Agent tunes the apply loop; DataDir, Runtime and Logger are filled in.
 	Agent agent.Config
+	// RebootCommand and ShutdownCommand are what POST /v1/reboot and
+	// /v1/shutdown run (after checking update locks). Default: systemctl
+	// reboot, systemctl poweroff.
+	RebootCommand   []string
+	ShutdownCommand []string
 	// Link tunes the fleet-server link; Config, DataDir, Agent, Logger and
 	// APIPort are filled in.
 	Link fleetlink.LinkConfig
@@ -91,8 +97,14 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	if err != nil {
 		return nil, fmt.Errorf("set up docker runtime: %w", err)
 	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("listen on %s: %w (another agent running? pick another address with --listen)", cfg.Listen, err)
+	}
 	ac := cfg.Agent
 	ac.DataDir, ac.Runtime, ac.Logger = cfg.DataDir, rt, cfg.Logger
+	ac.APIAddress = ln.Addr().String()
 	if cfg.DeviceName != "" {
 		ac.DeviceName = cfg.DeviceName
 	}
@@ -110,16 +122,13 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	}
 	a, err := agent.New(ctx, ac)
 	if err != nil {
+		ln.Close()
 		rt.Close()
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		a.Close()
-		rt.Close()
-		return nil, fmt.Errorf("listen on %s: %w (another agent running? pick another address with --listen)", cfg.Listen, err)
-	}
-	opts := localapi.Options{Local: cfg.Local, Logger: cfg.Logger}
+	opts := localapi.Options{Local: cfg.Local, Logger: cfg.Logger,
+		Reboot:   hostCommand(cfg.RebootCommand, "systemctl", "reboot"),
+		Shutdown: hostCommand(cfg.ShutdownCommand, "systemctl", "poweroff")}
 	var link *fleetlink.Link
 	if conf != nil {
 		lc := cfg.Link
@@ -132,6 +141,7 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 			return nil, err
 		}
 		opts.Link = link.Status
+		opts.Update = func(bool) { link.Poke() }
 	}
 	api := localapi.New(a, opts)
 	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, listener: ln, serveErr: make(chan error, 1),
@@ -251,4 +261,19 @@ func loadDeviceConfig(path string) (*fleetlink.Config, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return conf, nil
+}
+
+// hostCommand returns a function that runs command (or the default) on the
+// host and says what it printed when it fails.
+func hostCommand(command []string, def ...string) func(context.Context) error {
+	if len(command) == 0 {
+		command = def
+	}
+	return func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, command[0], command[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(command, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
 }

@@ -875,7 +875,7 @@ func (c *crashRun) startAgent(r int, run string) *agentProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start agent: %v", err)
 	}
-	p := &agentProc{cmd: cmd, client: localapi.NewClient(addr), logPath: logPath, done: make(chan struct{}), stepCh: make(chan struct{}, 1)}
+	p := &agentProc{cmd: cmd, client: localapi.NewClient(addr).WithKeyFrom(c.dataDir), logPath: logPath, done: make(chan struct{}), stepCh: make(chan struct{}, 1)}
 	c.mu.Lock()
 	c.proc = p
 	c.mu.Unlock()

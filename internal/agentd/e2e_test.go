@@ -63,7 +63,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h.main = m
-	h.client = localapi.NewClient(m.Addr())
+	h.client = localapi.NewClient(m.Addr()).WithKey(m.Agent().APIKey())
 	go func() { h.finished <- m.Run(ctx) }()
 	h.rt, err = docker.New(ctx, docker.Options{Namespace: h.ns})
 	if err != nil {
@@ -183,14 +183,20 @@ func (h *harness) engineName(app, name string) string {
 	return h.ns + "_" + uuid + "_" + name
 }
 
-// volumeData reads a file from an app volume through its mount point.
-func (h *harness) volumeData(app, volume, file string) string {
+// volumeMountpoint is where an app volume's data is on the host.
+func (h *harness) volumeMountpoint(app, volume string) string {
 	h.t.Helper()
 	res, err := h.engine.VolumeInspect(h.ctx, h.engineName(app, volume), client.VolumeInspectOptions{})
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(res.Volume.Mountpoint, file))
+	return res.Volume.Mountpoint
+}
+
+// volumeData reads a file from an app volume through its mount point.
+func (h *harness) volumeData(app, volume, file string) string {
+	h.t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.volumeMountpoint(app, volume), file))
 	if err != nil {
 		h.t.Fatal(err)
 	}

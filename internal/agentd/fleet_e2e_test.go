@@ -80,7 +80,7 @@ func newFleetRig(t *testing.T) *fleetRig {
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- r.agent.Run(ctx) }()
 	r.uuid = r.agent.Agent().UUID()
-	r.local = localapi.NewClient(r.agent.Addr())
+	r.local = localapi.NewClient(r.agent.Addr()).WithKey(r.agent.Agent().APIKey())
 	if r.rt, err = docker.New(ctx, docker.Options{Namespace: ns}); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestEngineUnreachable(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	c := localapi.NewClient(m.Addr())
+	c := localapi.NewClient(m.Addr()).WithKey(m.Agent().APIKey())
 
 	yml := []byte("services:\n  a:\n    image: registry.example.com/a:1\n")
 	rel, err := compose.Load(ctx, yml, compose.Options{ProjectName: "app"})

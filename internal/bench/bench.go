@@ -303,7 +303,7 @@ func (b *bencher) startAgent(ctx context.Context, ns string) (*agentRun, error) 
 	done := make(chan error, 1)
 	go func() { done <- m.Run(runCtx) }()
 	stopped := false
-	return &agentRun{main: m, client: localapi.NewClient(m.Addr()), ns: ns, dir: dir, stop: func() error {
+	return &agentRun{main: m, client: localapi.NewClient(m.Addr()).WithKey(m.Agent().APIKey()), ns: ns, dir: dir, stop: func() error {
 		if stopped {
 			return nil
 		}
@@ -567,7 +567,7 @@ func (b *bencher) agentProcessMemory(ctx context.Context, dataDir, ns string, ve
 	if err := waitPing(ctx, addr, exited); err != nil {
 		return 0, 0, fmt.Errorf("%s agent: %w\n%s", b.opts.Binary, err, logs.String())
 	}
-	c := localapi.NewClient(addr)
+	c := localapi.NewClient(addr).WithKeyFrom(dataDir)
 	if err := waitRunning(ctx, c, version, n, applyTimeout); err != nil {
 		return 0, 0, fmt.Errorf("%s agent: %w\n%s", b.opts.Binary, err, logs.String())
 	}

@@ -158,6 +158,9 @@ func (m *Main) provision(ctx context.Context, confPath string) error {
 // Addr returns the agent API's address.
 func (m *Main) Addr() string { return m.agent.Addr() }
 
+// APIKey returns the agent's device-wide API key.
+func (m *Main) APIKey() string { return m.agent.Agent().APIKey() }
+
 // ServerURL returns the fleet server's URL.
 func (m *Main) ServerURL() string { return m.server.URL() }
 

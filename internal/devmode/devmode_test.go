@@ -83,7 +83,7 @@ func TestDevInstallsTheExample(t *testing.T) {
 	}
 
 	m, cancel, done, out := run()
-	c := localapi.NewClient(m.Addr())
+	c := localapi.NewClient(m.Addr()).WithKey(m.APIKey())
 	st := waitApplied(t, c)
 	if len(st.Services) != 2 {
 		t.Fatalf("services %+v, want web and worker", st.Services)
@@ -142,7 +142,7 @@ func TestDevInstallsTheExample(t *testing.T) {
 
 	// A second start resumes: nothing reinstalled, no second release.
 	m, cancel, done, _ = run()
-	c = localapi.NewClient(m.Addr())
+	c = localapi.NewClient(m.Addr()).WithKey(m.APIKey())
 	st2 := waitApplied(t, c)
 	op = serverapi.NewClient(m.ServerURL(), login.Token, nil)
 	if rs, err := op.Releases(context.Background(), "hello"); err != nil || len(rs) != 1 {

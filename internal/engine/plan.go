@@ -132,7 +132,9 @@ func newPlanner(cur reeve.Snapshot, target reeve.DeviceTarget, env Env) *planner
 			p.appsSeen[uuid] = true
 		}
 	}
-	p.garbage = p.unusedOwnedImages()
+	if !env.KeepImages {
+		p.garbage = p.unusedOwnedImages()
+	}
 	return p
 }
 

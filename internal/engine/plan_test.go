@@ -955,6 +955,18 @@ func TestPlanImageCleanup(t *testing.T) {
 		target: device(a),
 		env:    Env{OwnedImages: owned("web:2", "web:latest")},
 		want:   nil,
+	}, {
+		name:   "intermediate target (an app restarting): every image is kept",
+		cur:    reeve.Snapshot{Images: imgs("web:1", "web:2")},
+		target: device(),
+		env:    Env{OwnedImages: owned("web:1", "web:2"), KeepImages: true},
+		want:   nil,
+	}, {
+		name:   "intermediate target: no room is made by removing images either",
+		cur:    reeve.Snapshot{Images: imgs("web:1")},
+		target: device(a),
+		env:    Env{OwnedImages: owned("web:1"), KeepImages: true},
+		want:   []Step{{Action: ActionFetch, AppUUID: appA, Service: "web", Image: ref("web:2")}},
 	}})
 }
 

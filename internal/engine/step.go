@@ -109,4 +109,7 @@ type Env struct {
 	// OwnedImages holds normalized references of images the agent fetched;
 	// only these are ever removed.
 	OwnedImages map[string]bool
+	// KeepImages holds every image: the target is an intermediate one (an
+	// app restarting or being purged) whose images are needed again soon.
+	KeepImages bool
 }

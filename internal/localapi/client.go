@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,8 +20,10 @@ const DefaultAddress = "127.0.0.1:48484"
 
 // Client talks to an agent's local API.
 type Client struct {
-	base string
-	http *http.Client
+	base    string
+	key     string
+	keyFrom string // data directory to read the key from at each request
+	http    *http.Client
 }
 
 // NewClient returns a client for the agent at addr ("host:port" or a URL).
@@ -48,6 +52,15 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	key := c.key
+	if key == "" && c.keyFrom != "" {
+		if key, err = ReadKeyFile(c.keyFrom); err != nil {
+			return err
+		}
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the agent at %s: %w (is `reeve agent` running? pick another with --device)", c.base, err)
@@ -63,6 +76,33 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("read answer of %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// WithKey returns a client that sends key, the agent's API key (the
+// device-wide one, or an app's).
+func (c *Client) WithKey(key string) *Client {
+	cc := *c
+	cc.key = key
+	return &cc
+}
+
+// WithKeyFrom returns a client that reads the device-wide key from the
+// agent's data directory at each request (the agent writes it when it
+// starts, and again when the key is regenerated).
+func (c *Client) WithKeyFrom(dataDir string) *Client {
+	cc := *c
+	cc.keyFrom = dataDir
+	return &cc
+}
+
+// ReadKeyFile reads the device-wide key the agent keeps in its data
+// directory (api-key, readable by the agent's user only).
+func ReadKeyFile(dataDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "api-key"))
+	if err != nil {
+		return "", fmt.Errorf("read the agent's API key: %w (pass --api-key, set REEVE_API_KEY, or run as the agent's user with --data set to its data directory)", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // DeviceInfo returns the device's identity.

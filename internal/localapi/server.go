@@ -1,6 +1,7 @@
 // Package localapi is the agent's HTTP API on the device: health, status,
-// and in local mode the target state itself. Client is its typed client, used
-// by the CLI.
+// the balena-compatible supervisor routes (supervisor.go), and in local mode
+// the target state itself. Every route but GET /ping and GET /v1/healthy
+// needs an API key (auth.go). Client is its typed client, used by the CLI.
 package localapi
 
 import (
@@ -27,6 +28,25 @@ type Agent interface {
 	SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error)
 	Status() agent.Status
 	Healthy() error
+
+	// Keys. APIKey is the device-wide key; AppForKey says which app an
+	// app-scoped key belongs to (ok false: not an app key).
+	APIKey() string
+	AppForKey(key string) (appUUID string, ok bool)
+	RegenerateAPIKey(ctx context.Context) (string, error) // new device-wide key; the old one stops working
+
+	// Actions. Errors carry reeve codes: locked (a user holds an update lock
+	// of the app and force is false), not_found (unknown app/service).
+	// They return once the action is done (the containers are gone / stopped / running again).
+	RestartApp(ctx context.Context, appUUID string, force bool) error
+	PurgeApp(ctx context.Context, appUUID string, force bool) error // restart + its volumes wiped; images kept
+	StopApp(ctx context.Context, appUUID string, force bool) error
+	StartApp(ctx context.Context, appUUID string) error
+	RestartService(ctx context.Context, appUUID, service string, force bool) error
+	StopService(ctx context.Context, appUUID, service string, force bool) error
+	StartService(ctx context.Context, appUUID, service string) error
+	AppLocked(appUUID string) bool                        // a user holds an update lock of one of the app's services
+	CleanupVolumes(ctx context.Context) ([]string, error) // removes volumes no app of the target uses; returns their names
 }
 
 // Options configures the API.
@@ -37,6 +57,13 @@ type Options struct {
 	// Link, when the agent has a fleet server, tells how the connection
 	// to it is doing.
 	Link func() fleetlink.LinkStatus
+	// Update asks the fleet link to poll now (POST /v1/update). Nil: the
+	// route answers 503 (local mode has nothing to poll).
+	Update func(force bool)
+	// Reboot and Shutdown run the host command (POST /v1/reboot,
+	// /v1/shutdown). Nil: the route answers 503.
+	Reboot   func(ctx context.Context) error
+	Shutdown func(ctx context.Context) error
 }
 
 // Server serves the local API.
@@ -47,6 +74,9 @@ type Server struct {
 	mux   *http.ServeMux
 }
 
+// handler serves one route for an authorized caller.
+type handler func(w http.ResponseWriter, r *http.Request, c caller)
+
 // New returns the API for an agent.
 func New(a Agent, opts Options) *Server {
 	if opts.Logger == nil {
@@ -55,26 +85,65 @@ func New(a Agent, opts Options) *Server {
 	s := &Server{agent: a, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
 	routes := []struct {
 		method, path string
-		h            http.HandlerFunc
+		need         access
+		h            handler
 	}{
-		{"GET", "/ping", s.ping},
-		{"GET", "/v1/healthy", s.healthy},
-		{"GET", "/v2/version", s.version},
-		{"GET", "/v2/state/status", s.status},
-		{"GET", "/v2/local/device-info", s.deviceInfo},
-		{"GET", "/v2/local/target-state", s.getTarget},
-		{"POST", "/v2/local/target-state", s.setTarget},
+		{"GET", "/ping", public, s.ping},
+		{"GET", "/v1/healthy", public, s.healthy},
+		{"GET", "/v2/version", anyKey, s.version},
+		{"GET", "/v2/state/status", anyKey, s.status},
+		{"GET", "/v2/local/device-info", anyKey, s.deviceInfo},
+		{"GET", "/v2/local/target-state", deviceKey, s.getTarget},
+		{"POST", "/v2/local/target-state", deviceKey, s.setTarget},
+
+		// balena's supervisor API v1.
+		{"POST", "/v1/update", anyKey, s.update},
+		{"POST", "/v1/restart", anyKey, s.v1Restart},
+		{"POST", "/v1/purge", anyKey, s.v1Purge},
+		{"GET", "/v1/apps/{appId}", anyKey, s.v1App},
+		{"POST", "/v1/apps/{appId}/stop", anyKey, s.v1Stop},
+		{"POST", "/v1/apps/{appId}/start", anyKey, s.v1Start},
+		{"GET", "/v1/device", anyKey, s.v1Device},
+		{"POST", "/v1/regenerate-api-key", deviceKey, s.regenerateKey},
+		{"POST", "/v1/reboot", deviceKey, s.hostAction("reboot", opts.Reboot)},
+		{"POST", "/v1/shutdown", deviceKey, s.hostAction("shutdown", opts.Shutdown)},
+
+		// balena's supervisor API v2.
+		{"GET", "/v2/applications/state", anyKey, s.appsState},
+		{"GET", "/v2/applications/{appId}/state", anyKey, s.appState},
+		{"POST", "/v2/applications/{appId}/restart", anyKey, s.v2Restart},
+		{"POST", "/v2/applications/{appId}/purge", anyKey, s.v2Purge},
+		{"POST", "/v2/applications/{appId}/restart-service", anyKey, s.serviceAction(actRestart)},
+		{"POST", "/v2/applications/{appId}/stop-service", anyKey, s.serviceAction(actStop)},
+		{"POST", "/v2/applications/{appId}/start-service", anyKey, s.serviceAction(actStart)},
+		{"GET", "/v2/device/name", anyKey, s.deviceName},
+		{"GET", "/v2/cleanup-volumes", deviceKey, s.cleanupVolumes},
 	}
+	// paths answers a request whose path is a route's but whose method is
+	// not: 405 with the methods that are.
+	paths := http.NewServeMux()
 	allowed := map[string][]string{}
-	for _, r := range routes {
-		s.mux.HandleFunc(r.method+" "+r.path, r.h)
-		allowed[r.path] = append(allowed[r.path], r.method)
+	for _, rt := range routes {
+		need, h := rt.need, rt.h
+		s.mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
+			if c, ok := s.authorize(w, r, need); ok {
+				h(w, r, c)
+			}
+		})
+		if allowed[rt.path] == nil {
+			path := rt.path
+			paths.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+				methods := allowed[path]
+				w.Header().Set("Allow", strings.Join(methods, ", "))
+				httpx.WriteJSON(w, http.StatusMethodNotAllowed, httpx.ErrorBody{Error: reeve.Errorf(reeve.CodeInvalid,
+					"%s is not allowed on %s: use %s", r.Method, r.URL.Path, strings.Join(methods, " or "))})
+			})
+		}
+		allowed[rt.path] = append(allowed[rt.path], rt.method)
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if methods, ok := allowed[r.URL.Path]; ok {
-			w.Header().Set("Allow", strings.Join(methods, ", "))
-			httpx.WriteJSON(w, http.StatusMethodNotAllowed, httpx.ErrorBody{Error: reeve.Errorf(reeve.CodeInvalid,
-				"%s is not allowed on %s: use %s", r.Method, r.URL.Path, strings.Join(methods, " or "))})
+		if h, pattern := paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
 			return
 		}
 		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeNotFound, "no route %s %s: see docs/api.md for the routes", r.Method, r.URL.Path))
@@ -84,12 +153,12 @@ func New(a Agent, opts Options) *Server {
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) ping(w http.ResponseWriter, _ *http.Request, _ caller) {
 	w.Header().Set("Content-Type", "text/plain")
 	_, _ = w.Write([]byte("OK"))
 }
 
-func (s *Server) healthy(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) healthy(w http.ResponseWriter, _ *http.Request, _ caller) {
 	if err := s.agent.Healthy(); err != nil {
 		httpx.WriteJSON(w, http.StatusInternalServerError, httpx.ErrorBody{Error: &reeve.Error{Code: reeve.CodeUnavailable, Message: err.Error()}})
 		return
@@ -98,7 +167,7 @@ func (s *Server) healthy(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("OK"))
 }
 
-func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) version(w http.ResponseWriter, _ *http.Request, _ caller) {
 	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "success", "version": reeve.Version})
 }
 
@@ -110,8 +179,19 @@ type StatusResponse struct {
 	Fleet *fleetlink.LinkStatus `json:"fleet,omitempty"`
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+// status answers with what the agent is doing; an app's key sees only its
+// own app's services, and no steps (they name other apps).
+func (s *Server) status(w http.ResponseWriter, _ *http.Request, c caller) {
 	resp := StatusResponse{Result: "success", Status: s.agent.Status()}
+	if c.scoped() {
+		var own []agent.ServiceStatus
+		for _, svc := range resp.Services {
+			if c.sees(svc.AppUUID) {
+				own = append(own, svc)
+			}
+		}
+		resp.Services, resp.Steps = own, nil
+	}
 	if s.opts.Link != nil {
 		ls := s.opts.Link()
 		resp.Fleet = &ls
@@ -129,7 +209,7 @@ type DeviceInfo struct {
 	Version    string `json:"version"`
 }
 
-func (s *Server) deviceInfo(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) deviceInfo(w http.ResponseWriter, _ *http.Request, _ caller) {
 	httpx.WriteJSON(w, http.StatusOK, DeviceInfo{Status: "success", UUID: s.agent.UUID(), Name: s.agent.DeviceName(),
 		DeviceType: s.agent.DeviceType(), Local: s.opts.Local, Version: reeve.Version})
 }
@@ -141,7 +221,7 @@ type TargetResponse struct {
 	State   reeve.TargetState `json:"state"`
 }
 
-func (s *Server) getTarget(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) getTarget(w http.ResponseWriter, _ *http.Request, _ caller) {
 	ts, v := s.agent.Target()
 	httpx.WriteJSON(w, http.StatusOK, TargetResponse{Status: "success", Version: v, State: ts})
 }
@@ -152,7 +232,7 @@ type SetTargetResponse struct {
 	Version int64  `json:"version"`
 }
 
-func (s *Server) setTarget(w http.ResponseWriter, r *http.Request) {
+func (s *Server) setTarget(w http.ResponseWriter, r *http.Request, _ caller) {
 	if !s.opts.Local {
 		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeForbidden, "local mode is off: the fleet server sets this device's target; start the agent with --local to set it here"))
 		return

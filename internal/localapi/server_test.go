@@ -15,41 +15,14 @@ import (
 	"reeve.dev/reeve/internal/httpx"
 )
 
-// fakeAgent stands in for the agent; the real one is exercised through this
-// API by the end-to-end tests in internal/agentd.
-type fakeAgent struct {
-	target  reeve.TargetState
-	version int64
-	sets    int
-	healthy error
-}
-
-func (f *fakeAgent) UUID() string       { return "dev1" }
-func (f *fakeAgent) DeviceName() string { return "pi" }
-func (f *fakeAgent) DeviceType() string { return "generic-amd64" }
-func (f *fakeAgent) Target() (reeve.TargetState, int64) {
-	return f.target, f.version
-}
-func (f *fakeAgent) SetTarget(_ context.Context, ts reeve.TargetState) (int64, error) {
-	if _, ok := ts["dev1"]; !ok {
-		return 0, &reeve.ValidationError{Problems: []reeve.Problem{{Message: "wrong device"}}}
-	}
-	f.sets++
-	f.version++
-	f.target = ts
-	return f.version, nil
-}
-func (f *fakeAgent) Status() agent.Status {
-	return agent.Status{DeviceUUID: "dev1", AppState: agent.AppStateApplied}
-}
-func (f *fakeAgent) Healthy() error { return f.healthy }
-
 const goodTarget = `{"dev1": {"name": "pi", "apps": {"a1": {"id": 1, "name": "app", "releases": {"c1": {"id": 1,
 	"services": {"web": {"id": 1, "image_id": 1, "image": "registry.example.com/web:1"}}}}}}}}`
 
+// do sends a request with the device-wide key.
 func do(t *testing.T, h http.Handler, method, path, ctype, body string) (*http.Response, []byte) {
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+devKey)
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
@@ -79,7 +52,7 @@ func TestSetTargetRefusesBadInput(t *testing.T) {
 		{"too large", "application/json", big, 413, "larger than the limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeAgent{}
+			f := newFake()
 			resp, body := do(t, New(f, Options{Local: true}), "POST", "/v2/local/target-state", tc.ctype, tc.body)
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
@@ -103,10 +76,11 @@ func TestSetTargetRefusesBadInput(t *testing.T) {
 }
 
 func TestSetTargetStoresAndReturnsVersion(t *testing.T) {
-	f := &fakeAgent{}
+	f := newFake()
+	f.target = nil
 	srv := httptest.NewServer(New(f, Options{Local: true}))
 	defer srv.Close()
-	c := NewClient(srv.URL)
+	c := NewClient(srv.URL).WithKey(devKey)
 	ts, err := reeve.ParseTargetState([]byte(goodTarget))
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +104,7 @@ func TestSetTargetStoresAndReturnsVersion(t *testing.T) {
 }
 
 func TestSetTargetOnlyInLocalMode(t *testing.T) {
-	f := &fakeAgent{}
+	f := newFake()
 	resp, body := do(t, New(f, Options{Local: false}), "POST", "/v2/local/target-state", "application/json", goodTarget)
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "local mode is off") {
 		t.Fatalf("status %d body %s", resp.StatusCode, body)
@@ -141,7 +115,7 @@ func TestSetTargetOnlyInLocalMode(t *testing.T) {
 }
 
 func TestRoutes(t *testing.T) {
-	f := &fakeAgent{}
+	f := newFake()
 	h := New(f, Options{Local: true})
 	if resp, body := do(t, h, "GET", "/ping", "", ""); resp.StatusCode != 200 || string(body) != "OK" {
 		t.Errorf("/ping: %d %s", resp.StatusCode, body)
@@ -155,7 +129,7 @@ func TestRoutes(t *testing.T) {
 	}
 	resp, body := do(t, h, "GET", "/v2/state/status", "", "")
 	var st StatusResponse
-	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != 200 || st.Result != "success" || st.AppState != agent.AppStateApplied {
+	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != 200 || st.Result != "success" || st.AppState != agent.AppStateApplying {
 		t.Errorf("/v2/state/status: %d %s", resp.StatusCode, body)
 	}
 	resp, body = do(t, h, "GET", "/v2/local/device-info", "", "")
