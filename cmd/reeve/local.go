@@ -222,6 +222,9 @@ func printStatus(w io.Writer, st agent.Status) {
 	if st.RuntimeError != "" {
 		fmt.Fprintf(w, "runtime unreachable: %s\n", st.RuntimeError)
 	}
+	for _, cw := range st.ConfigWarnings {
+		fmt.Fprintf(w, "device config: %s\n", cw)
+	}
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error: %s", st.LastError)
 		if !st.RetryAt.IsZero() {

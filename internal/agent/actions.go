@@ -103,8 +103,14 @@ func (a *Agent) service(appUUID, service string) error {
 	return nil
 }
 
-// AppLocked reports whether a service of the app holds its update lock.
+// AppLocked reports whether an action on the app must wait for its lock:
+// a service of the app holds it, and the device config does not override
+// locks (REEVE_SUPERVISOR_OVERRIDE_LOCK).
 func (a *Agent) AppLocked(appUUID string) bool {
+	dev, _, _ := a.deviceTarget()
+	if overrideLock(dev.Config) {
+		return false
+	}
 	_, locked := a.lockedBy(appUUID)
 	return locked
 }

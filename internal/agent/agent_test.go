@@ -498,3 +498,27 @@ func TestTakeLockWritesTokenAndRespectsServiceLock(t *testing.T) {
 		t.Fatalf("lock records left: %v", locks)
 	}
 }
+
+// A device config value the agent cannot use is shown in its status; the
+// default applies and the apps run.
+func TestConfigWarningsInStatus(t *testing.T) {
+	rt := newFake()
+	a := newTestAgent(t, rt, t.TempDir())
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := map[string]string{"REEVE_SUPERVISOR_OVERRIDE_LOCK": "maybe", "BALENA_SUPERVISOR_POLL_INTERVAL": "often"}
+	if _, err := a.SetTarget(context.Background(), target(a, "c1", "registry.example.com/web:1", cfg)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the warnings in status, and the app running", func() bool {
+		st := a.Status()
+		return st.AppState == AppStateApplied && len(st.ConfigWarnings) == 2 &&
+			strings.Contains(st.ConfigWarnings[0], "BALENA_SUPERVISOR_POLL_INTERVAL") &&
+			strings.Contains(st.ConfigWarnings[1], "REEVE_SUPERVISOR_OVERRIDE_LOCK")
+	})
+	if overrideLock(cfg) {
+		t.Error("an unreadable override-lock value overrides locks")
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -346,12 +345,8 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 
 // overrideLock reports whether the device config overrides update locks.
 func overrideLock(cfg map[string]string) bool {
-	for _, k := range []string{"REEVE_SUPERVISOR_OVERRIDE_LOCK", "BALENA_SUPERVISOR_OVERRIDE_LOCK", "RESIN_SUPERVISOR_OVERRIDE_LOCK"} {
-		if v := cfg[k]; v == "1" || strings.EqualFold(v, "true") {
-			return true
-		}
-	}
-	return false
+	dc, _ := reeve.ParseDeviceConfig(cfg, reeve.DefaultDeviceConfig())
+	return dc.OverrideLock
 }
 
 // startFetch downloads an image in the background; the loop is woken when

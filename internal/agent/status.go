@@ -31,6 +31,7 @@ const (
 	SvcWaiting     = "waiting"
 	SvcRemoving    = "removing"
 	SvcDead        = "dead"
+	SvcRestarting  = "restarting" // crashed; the runtime starts it again after a growing delay
 )
 
 // Status is what the agent is doing, for people and the API.
@@ -44,7 +45,10 @@ type Status struct {
 	TargetVersion int64           `json:"target_version"`
 	Steps         []string        `json:"steps,omitempty"`
 	Services      []ServiceStatus `json:"services"`
-	UpdatedAt     time.Time       `json:"updated_at,omitzero"`
+	// ConfigWarnings name device config values the agent could not use
+	// (it uses their defaults).
+	ConfigWarnings []string  `json:"config_warnings,omitempty"`
+	UpdatedAt      time.Time `json:"updated_at,omitzero"`
 }
 
 // ServiceStatus is one service's state.
@@ -136,9 +140,12 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 				st.Health = shown.Health
 				st.RestartCount = shown.RestartCount
 				st.Status = containerStatus(*shown)
-				if shown.Status == reeve.StatusExited || shown.Status == reeve.StatusDead {
+				if shown.Status == reeve.StatusExited || shown.Status == reeve.StatusDead || shown.Status == reeve.StatusRestarting {
 					code := shown.ExitCode
 					st.ExitCode = &code
+				}
+				if shown.Status == reeve.StatusRestarting {
+					st.Detail = fmt.Sprintf("crash loop: exited with code %d, restarted %d times; the engine starts it again after a delay that doubles up to 1 min", shown.ExitCode, shown.RestartCount)
 				}
 			} else {
 				st.Status = SvcWaiting
@@ -206,6 +213,7 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 		return out[i].Service < out[j].Service
 	})
 	a.status.Services = out
+	_, a.status.ConfigWarnings = reeve.ParseDeviceConfig(dev.Config, reeve.DefaultDeviceConfig())
 	a.status.TargetVersion = version
 	a.status.RuntimeError = ""
 	a.status.UpdatedAt = a.cfg.Now()
@@ -235,8 +243,10 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 
 func containerStatus(c reeve.ServiceState) string {
 	switch c.Status {
-	case reeve.StatusRunning, reeve.StatusRestarting, reeve.StatusPaused:
+	case reeve.StatusRunning, reeve.StatusPaused:
 		return SvcRunning
+	case reeve.StatusRestarting:
+		return SvcRestarting
 	case reeve.StatusCreated:
 		return SvcInstalling
 	case reeve.StatusExited:

@@ -316,3 +316,45 @@ func TestRebootRunsTheHostCommand(t *testing.T) {
 		t.Fatalf("the host command did not run: %q %v", b, err)
 	}
 }
+
+// TestCrashLoopIsRestartedNotAbandoned: a service that exits at once is
+// started again and again (by the engine, with a growing delay), never
+// given up on; its status says it is crash-looping, with its restart count
+// and last exit code.
+func TestCrashLoopIsRestartedNotAbandoned(t *testing.T) {
+	h := newHarness(t)
+	h.applyNoWait("crashy", `
+services:
+  boom:
+    image: {{V1}}
+    environment:
+      TESTPROG_EXIT: "3"
+`)
+	var first string
+	waitStatus(t, h, func(st agent.Status) bool {
+		for _, s := range st.Services {
+			if s.Service != "boom" {
+				continue
+			}
+			if first == "" {
+				first = s.ContainerID
+			}
+			return s.RestartCount >= 3 && s.ExitCode != nil && *s.ExitCode == 3
+		}
+		return false
+	})
+	st := h.main.Agent().Status()
+	s := st.Services[0]
+	if s.ContainerID != first && first != "" {
+		t.Errorf("the crashing container was replaced (%s → %s): the engine should restart the same one", first, s.ContainerID)
+	}
+	if s.Status == agent.SvcRunning {
+		t.Errorf("a crash-looping service shows as running: %+v", s)
+	}
+	if s.Status == agent.SvcRestarting && !strings.Contains(s.Detail, "crash loop") {
+		t.Errorf("detail %q does not say it is crash-looping", s.Detail)
+	}
+	// Still being restarted later: the count keeps growing.
+	n := s.RestartCount
+	waitStatus(t, h, func(st agent.Status) bool { return len(st.Services) == 1 && st.Services[0].RestartCount > n })
+}

@@ -61,7 +61,9 @@ type LinkConfig struct {
 	// 1 s and 5 min. A refused credential is retried every BackoffMax.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
-	// RequestTimeout bounds a request; a long poll gets its wait on top.
+	// RequestTimeout bounds a request unless the target's
+	// REEVE_SUPERVISOR_API_REQUEST_TIMEOUT says otherwise; a long poll
+	// gets its wait on top.
 	// Default 30 s.
 	RequestTimeout time.Duration
 	// Now is the clock (default time.Now); Rand returns a number in [0, 1)
@@ -174,7 +176,7 @@ type Link struct {
 	pokePending  bool                    // a Poke not yet answered by a poll
 	cancelPoll   context.CancelCauseFunc // cancels the long poll in flight
 	unauthorized [3]bool                 // by source: the server refused the credential last time
-	badInterval  string                  // the poll interval value last warned about
+	badConfig    string                  // the device config warnings last logged
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -352,7 +354,7 @@ func (l *Link) jitter(d time.Duration) time.Duration {
 
 // requestContext bounds one request: RequestTimeout plus its wait.
 func (l *Link) requestContext(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, l.cfg.RequestTimeout+wait)
+	return context.WithTimeout(ctx, l.deviceConfig().APIRequestTimeout+wait)
 }
 
 // Where a refused credential was seen.

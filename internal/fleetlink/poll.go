@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -57,8 +56,9 @@ func (l *Link) pollLoop(ctx context.Context) {
 // before the next one, and false when ctx ended.
 func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.Duration, ok bool) {
 	interval := l.pollInterval()
+	dc := l.deviceConfig()
 	var wait time.Duration
-	if p.longPollMax > 0 {
+	if p.longPollMax > 0 && dc.InstantUpdates {
 		wait = min(interval, time.Duration(p.longPollMax)*time.Second, serverapi.MaxWait*time.Second)
 		wait = max(wait, time.Second)
 	}
@@ -116,10 +116,11 @@ func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.
 		l.log.Info("the fleet server answers polls again")
 		p.lastErr = ""
 	}
+	instant := l.deviceConfig().InstantUpdates // takes l.mu itself
 	l.mu.Lock()
 	l.status.LastPoll = l.cfg.Now()
 	l.status.PollError = ""
-	l.status.LongPolling = p.longPollMax > 0
+	l.status.LongPolling = p.longPollMax > 0 && instant
 	l.status.PollInterval = reeve.Duration(interval)
 	l.mu.Unlock()
 	l.setUnauthorized(srcPoll, false)
@@ -128,7 +129,7 @@ func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.
 		l.refuseTarget(p, res.ETag, err)
 		return waitRefused, l.jitter(interval), true
 	}
-	if p.longPollMax > 0 {
+	if p.longPollMax > 0 && l.deviceConfig().InstantUpdates { // the target just applied may have changed it
 		// Poll again at once, but never more than once per BackoffMin
 		// should a server answer long polls at once.
 		return waitLongPoll, max(0, start.Add(l.cfg.BackoffMin).Sub(l.cfg.Now())), true
@@ -224,40 +225,27 @@ func (l *Link) fetch(ctx context.Context, etag string, wait time.Duration) (serv
 	return res, err
 }
 
-// pollInterval is the target's REEVE_SUPERVISOR_POLL_INTERVAL (or its
-// BALENA_ or RESIN_ form), in milliseconds, never below 10 s; else
-// PollInterval.
-func (l *Link) pollInterval() time.Duration {
+// deviceConfig reads the target's config variables (reeve.ParseDeviceConfig)
+// and logs each warning once.
+func (l *Link) deviceConfig() reeve.DeviceConfig {
 	ts, _ := l.agent.Target()
-	d, bad := pollIntervalFrom(ts[l.uuid].Config, l.cfg.PollInterval)
-	if bad != "" {
-		l.mu.Lock()
-		warn := bad != l.badInterval
-		l.badInterval = bad
-		l.mu.Unlock()
-		if warn {
-			l.log.Warn("the poll interval in the device config is not a number of milliseconds; using the default", "value", bad, "default", d)
-		}
+	dc, warnings := reeve.ParseDeviceConfig(ts[l.uuid].Config, reeve.DeviceConfig{
+		PollInterval: l.cfg.PollInterval, InstantUpdates: true, APIRequestTimeout: l.cfg.RequestTimeout})
+	joined := strings.Join(warnings, "; ")
+	l.mu.Lock()
+	warn := joined != l.badConfig
+	l.badConfig = joined
+	l.mu.Unlock()
+	if warn && joined != "" {
+		l.log.Warn("the device config has values the agent cannot use", "warnings", joined)
 	}
-	return d
+	return dc
 }
 
-// pollIntervalFrom reads the poll interval from a device config; bad is
-// the value it could not read.
-func pollIntervalFrom(config map[string]string, def time.Duration) (d time.Duration, bad string) {
-	for _, prefix := range []string{"REEVE_", "BALENA_", "RESIN_"} {
-		v, ok := config[prefix+"SUPERVISOR_POLL_INTERVAL"]
-		if !ok {
-			continue
-		}
-		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || ms <= 0 {
-			return def, v
-		}
-		const maxMS = int64(24 * time.Hour / time.Millisecond)
-		return max(time.Duration(min(ms, maxMS))*time.Millisecond, minPollInterval), ""
-	}
-	return def, ""
+// pollInterval is the target's REEVE_SUPERVISOR_POLL_INTERVAL (or its
+// BALENA_ or RESIN_ form), else PollInterval.
+func (l *Link) pollInterval() time.Duration {
+	return l.deviceConfig().PollInterval
 }
 
 // loadETag returns the ETag of the target the agent holds, when it is

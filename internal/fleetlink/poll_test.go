@@ -375,30 +375,6 @@ func TestPokeReplacesALongPoll(t *testing.T) {
 	}
 }
 
-func TestPollIntervalFrom(t *testing.T) {
-	def := time.Minute
-	for _, tc := range []struct {
-		config map[string]string
-		want   time.Duration
-		bad    string
-	}{
-		{nil, def, ""},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "120000"}, 2 * time.Minute, ""},
-		{map[string]string{"BALENA_SUPERVISOR_POLL_INTERVAL": "30000"}, 30 * time.Second, ""},
-		{map[string]string{"RESIN_SUPERVISOR_POLL_INTERVAL": "45000"}, 45 * time.Second, ""},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "90000", "BALENA_SUPERVISOR_POLL_INTERVAL": "30000"}, 90 * time.Second, ""},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "5000"}, 10 * time.Second, ""},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "0"}, def, "0"},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "1m"}, def, "1m"},
-		{map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "99999999999999999"}, 24 * time.Hour, ""},
-	} {
-		got, bad := pollIntervalFrom(tc.config, def)
-		if got != tc.want || bad != tc.bad {
-			t.Errorf("pollIntervalFrom(%v) = %v, %q; want %v, %q", tc.config, got, bad, tc.want, tc.bad)
-		}
-	}
-}
-
 // The interval set in the device config paces the polls and is reported.
 func TestPollIntervalFromDeviceConfig(t *testing.T) {
 	h := provisionedHarness(t)
@@ -432,10 +408,28 @@ func TestBadPollIntervalInDeviceConfig(t *testing.T) {
 	h.srv.setTarget(testUUID, testTarget(testUUID, "c1", map[string]string{"REEVE_SUPERVISOR_POLL_INTERVAL": "soon"}))
 	l := h.start(nil)
 	waitFor(t, "three polls", func() bool { return len(h.srv.polls()) >= 3 })
-	if n := strings.Count(h.logs.String(), "the poll interval in the device config is not a number"); n != 1 {
+	if n := strings.Count(h.logs.String(), "the device config has values the agent cannot use"); n != 1 {
 		t.Errorf("the bad interval was warned about %d times, want once", n)
 	}
 	if st := l.Status(); st.PollInterval.D() != 5*time.Millisecond {
 		t.Errorf("status poll interval = %v, want the default", st.PollInterval.D())
+	}
+}
+
+// With REEVE_SUPERVISOR_INSTANT_UPDATES=0 the link polls at its interval
+// and never long-polls, though the server offers it.
+func TestInstantUpdatesOff(t *testing.T) {
+	h := provisionedHarness(t)
+	h.srv.set(func(s *fakeServer) { s.longPoll = 300 })
+	h.srv.setTarget(testUUID, testTarget(testUUID, "c1", map[string]string{"REEVE_SUPERVISOR_INSTANT_UPDATES": "0"}))
+	h.start(nil)
+	waitFor(t, "four polls", func() bool { return len(h.srv.polls()) >= 4 })
+	for _, p := range h.srv.polls() {
+		if p.Wait != "" {
+			t.Fatalf("polls = %s\nwant no long poll with instant updates off", describe(h.srv.polls()))
+		}
+	}
+	if len(h.waitsOf(waitPoll)) == 0 || len(h.waitsOf(waitLongPoll)) != 0 {
+		t.Errorf("waits: %d poll, %d long poll; want plain poll intervals only", len(h.waitsOf(waitPoll)), len(h.waitsOf(waitLongPoll)))
 	}
 }

@@ -130,7 +130,12 @@ func (f *fakeAgent) StopService(_ context.Context, app, svc string, force bool) 
 func (f *fakeAgent) StartService(_ context.Context, app, svc string) error {
 	return f.action("StartService %s %s", app, svc)
 }
-func (f *fakeAgent) AppLocked(app string) bool { return f.locked[app] }
+
+// AppLocked is as the agent's: the device config may override locks.
+func (f *fakeAgent) AppLocked(app string) bool {
+	dc, _ := reeve.ParseDeviceConfig(f.target[f.UUID()].Config, reeve.DefaultDeviceConfig())
+	return f.locked[app] && !dc.OverrideLock
+}
 func (f *fakeAgent) CleanupVolumes(context.Context) ([]string, error) {
 	if err := f.action("CleanupVolumes"); err != nil {
 		return nil, err

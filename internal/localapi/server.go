@@ -45,7 +45,7 @@ type Agent interface {
 	RestartService(ctx context.Context, appUUID, service string, force bool) error
 	StopService(ctx context.Context, appUUID, service string, force bool) error
 	StartService(ctx context.Context, appUUID, service string) error
-	AppLocked(appUUID string) bool                        // a user holds an update lock of one of the app's services
+	AppLocked(appUUID string) bool                        // a user holds an update lock of one of the app's services, and the device config does not override locks
 	CleanupVolumes(ctx context.Context) ([]string, error) // removes volumes no app of the target uses; returns their names
 }
 

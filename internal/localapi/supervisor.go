@@ -50,26 +50,10 @@ func (s *Server) lookupApp(c caller, appID int64) (string, reeve.App, error) {
 
 // locked reports whether an action that stops the app's services must be
 // refused: a service holds the app's update lock, and neither the caller
-// nor the device config (BALENA_SUPERVISOR_OVERRIDE_LOCK and its reeve and
-// resin names) overrides it. The agent checks again when it acts.
+// nor the device config (REEVE_SUPERVISOR_OVERRIDE_LOCK, AppLocked's
+// business) overrides it. The agent checks again when it acts.
 func (s *Server) locked(appUUID string, force bool) bool {
-	if force {
-		return false
-	}
-	ts, _ := s.agent.Target()
-	if overrideLock(ts[s.agent.UUID()].Config) {
-		return false
-	}
-	return s.agent.AppLocked(appUUID)
-}
-
-func overrideLock(cfg map[string]string) bool {
-	for _, k := range []string{"REEVE_SUPERVISOR_OVERRIDE_LOCK", "BALENA_SUPERVISOR_OVERRIDE_LOCK", "RESIN_SUPERVISOR_OVERRIDE_LOCK"} {
-		if v := cfg[k]; v == "1" || strings.EqualFold(v, "true") {
-			return true
-		}
-	}
-	return false
+	return !force && s.agent.AppLocked(appUUID)
 }
 
 // lockedError refuses an action on a locked app; outcome says what did not

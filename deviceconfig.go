@@ -1,0 +1,113 @@
+package reeve
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DeviceConfig is what the config variables of a device's target tell its
+// agent. Each is read as REEVE_SUPERVISOR_<NAME>, else BALENA_ or RESIN_
+// (so that fleets moved from balena keep their settings).
+type DeviceConfig struct {
+	// PollInterval (POLL_INTERVAL, milliseconds): the wait between polls
+	// when the server does not offer long polls, and the longest a long
+	// poll waits. Default 60 s; 10 s to 24 h (values outside are brought
+	// to the nearest end, with a warning).
+	PollInterval time.Duration
+	// InstantUpdates (INSTANT_UPDATES, 1 or 0): long-poll the server so
+	// that updates arrive at once. Default on.
+	InstantUpdates bool
+	// OverrideLock (OVERRIDE_LOCK, 1 or 0): updates and actions go ahead
+	// even while a service holds its update lock. Default off.
+	OverrideLock bool
+	// APIRequestTimeout (API_REQUEST_TIMEOUT, milliseconds): how long a
+	// request to the server may take (a long poll gets its wait on top).
+	// Default 30 s; 1 s to 10 min (brought to the nearest end).
+	APIRequestTimeout time.Duration
+	// LocalMode (LOCAL_MODE) and PersistentLogging (PERSISTENT_LOGGING), 1
+	// or 0, default off: validated; the agent does not act on them yet.
+	LocalMode         bool
+	PersistentLogging bool
+}
+
+// Defaults of the device config.
+const (
+	DefaultPollInterval      = time.Minute
+	MinPollInterval          = 10 * time.Second
+	DefaultAPIRequestTimeout = 30 * time.Second
+)
+
+var configPrefixes = []string{"REEVE_SUPERVISOR_", "BALENA_SUPERVISOR_", "RESIN_SUPERVISOR_"}
+
+// DefaultDeviceConfig is the device config with no variables set.
+func DefaultDeviceConfig() DeviceConfig {
+	return DeviceConfig{PollInterval: DefaultPollInterval, InstantUpdates: true, APIRequestTimeout: DefaultAPIRequestTimeout}
+}
+
+// ParseDeviceConfig reads the device config from a target's config
+// variables on top of defaults (usually DefaultDeviceConfig). A value it
+// cannot use leaves the default and gives a warning that says what was
+// wrong, so that a typo never stops a device.
+func ParseDeviceConfig(config map[string]string, defaults DeviceConfig) (DeviceConfig, []string) {
+	c := defaults
+	var warnings []string
+	lookup := func(name string) (key, val string, ok bool) {
+		for _, p := range configPrefixes {
+			if v, found := config[p+name]; found {
+				return p + name, strings.TrimSpace(v), true
+			}
+		}
+		return "", "", false
+	}
+	boolean := func(name string, dst *bool) {
+		key, v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		switch strings.ToLower(v) {
+		case "1", "true", "on", "yes":
+			*dst = true
+		case "0", "false", "off", "no", "":
+			*dst = false
+		default:
+			warnings = append(warnings, fmt.Sprintf("%s=%q is not 1 or 0: using the default (%s)", key, v, onOff(*dst)))
+		}
+	}
+	millis := func(name string, dst *time.Duration, lo, hi time.Duration) {
+		key, v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		ms, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case err != nil || ms <= 0:
+			warnings = append(warnings, fmt.Sprintf("%s=%q is not a number of milliseconds: using the default (%d)", key, v, dst.Milliseconds()))
+		case ms < lo.Milliseconds():
+			warnings = append(warnings, fmt.Sprintf("%s=%q is below the least the agent allows: using %d", key, v, lo.Milliseconds()))
+			*dst = lo
+		case ms > hi.Milliseconds():
+			warnings = append(warnings, fmt.Sprintf("%s=%q is above the most the agent allows: using %d", key, v, hi.Milliseconds()))
+			*dst = hi
+		default:
+			*dst = time.Duration(ms) * time.Millisecond
+		}
+	}
+	millis("POLL_INTERVAL", &c.PollInterval, MinPollInterval, 24*time.Hour)
+	millis("API_REQUEST_TIMEOUT", &c.APIRequestTimeout, time.Second, 10*time.Minute)
+	boolean("INSTANT_UPDATES", &c.InstantUpdates)
+	boolean("OVERRIDE_LOCK", &c.OverrideLock)
+	boolean("LOCAL_MODE", &c.LocalMode)
+	boolean("PERSISTENT_LOGGING", &c.PersistentLogging)
+	sort.Strings(warnings)
+	return c, warnings
+}
+
+func onOff(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
