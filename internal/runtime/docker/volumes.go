@@ -136,24 +136,9 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 
 	// (1) back up.
 	bname := backupName(name)
-	id := randomToken()
-	labels := map[string]string{
-		LabelBackupOf:   name,
-		LabelBackupHash: oldHash,
-		LabelBackupID:   id,
-		LabelAppUUID:    spec.AppUUID,
-	}
-	if _, err := r.c.VolumeCreate(ctx, client.VolumeCreateOptions{Name: bname, Labels: labels}); err != nil {
-		return r.wrap(err, "replace volume %s: create backup volume %s", name, bname)
-	}
-	// The engine returns a volume that exists instead of creating one:
-	// write only into the backup just made, never into another volume.
-	backup, ok, err := r.inspectVolume(ctx, bname)
+	backup, err = r.createBackup(ctx, spec, name, bname, oldHash)
 	if err != nil {
-		return fmt.Errorf("replace volume %s: %w", name, err)
-	}
-	if !ok || !isBackupOf(backup, name) || backup.Labels[LabelBackupID] != id || backup.Labels[LabelBackupHash] != oldHash {
-		return fmt.Errorf("replace volume %s: a volume named %s exists that is not its backup: not touching it", name, bname)
+		return err
 	}
 	if err := r.copyVolume(ctx, name, bname); err != nil {
 		return fmt.Errorf("replace volume %s: back up: %w", name, err)
@@ -167,6 +152,41 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 		return fmt.Errorf("replace volume %s: %w", name, err)
 	}
 	return nil
+}
+
+// createBackup makes the empty backup volume of step (1). The engine
+// answers a create of a name that exists with the volume that exists; when
+// that is a backup of this volume made by an earlier attempt (one cut
+// short, whose create the engine finished after the caller had given up),
+// the original is still whole, so that backup is dropped and made again.
+// Anything else of that name is not touched.
+func (r *Runtime) createBackup(ctx context.Context, spec reeve.VolumeSpec, name, bname, oldHash string) (volume.Volume, error) {
+	for attempt := 0; ; attempt++ {
+		id := randomToken()
+		labels := map[string]string{
+			LabelBackupOf:   name,
+			LabelBackupHash: oldHash,
+			LabelBackupID:   id,
+			LabelAppUUID:    spec.AppUUID,
+		}
+		if _, err := r.c.VolumeCreate(ctx, client.VolumeCreateOptions{Name: bname, Labels: labels}); err != nil {
+			return volume.Volume{}, r.wrap(err, "replace volume %s: create backup volume %s", name, bname)
+		}
+		backup, ok, err := r.inspectVolume(ctx, bname)
+		if err != nil {
+			return volume.Volume{}, fmt.Errorf("replace volume %s: %w", name, err)
+		}
+		switch {
+		case ok && isBackupOf(backup, name) && backup.Labels[LabelBackupID] == id && backup.Labels[LabelBackupHash] == oldHash:
+			return backup, nil // ours: write only into the backup just made
+		case ok && isBackupOf(backup, name) && attempt < 3:
+			if err := r.removeVolume(ctx, bname); err != nil {
+				return volume.Volume{}, fmt.Errorf("replace volume %s: drop an earlier attempt's backup: %w", name, err)
+			}
+		default:
+			return volume.Volume{}, fmt.Errorf("replace volume %s: a volume named %s exists that is not its backup: not touching it", name, bname)
+		}
+	}
 }
 
 // restore does (3)–(5): (re)create the volume from spec and copy the
