@@ -142,6 +142,7 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		}
 		opts.Link = link.Status
 		opts.Update = func(bool) { link.Poke() }
+		opts.Tags, opts.PatchTags = link.Tags, link.PatchTags
 	}
 	api := localapi.New(a, opts)
 	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, listener: ln, serveErr: make(chan error, 1),

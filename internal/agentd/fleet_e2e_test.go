@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -202,6 +203,21 @@ func TestFleetEndToEnd(t *testing.T) {
 	back := r.waitRunning(rel1.Commit)
 	if back.Image != v1 {
 		t.Fatalf("pinned to v1, runs %s", back.Image)
+	}
+
+	// An app on the device tags it through the agent's API.
+	req, _ := http.NewRequest("PATCH", "http://"+r.agent.Addr()+"/v2/device/tags?apikey="+r.agent.Agent().APIKey(),
+		strings.NewReader(`{"tags":{"site":"berlin"}}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("PATCH /v2/device/tags through the agent: %d", resp.StatusCode)
+	}
+	if d, err := r.op.Device(r.ctx, r.uuid); err != nil || d.Tags["site"] != "berlin" {
+		t.Fatalf("the server's device after the agent tagged it: %+v (%v)", d.Tags, err)
 	}
 
 	// Revoked: the device says so and keeps running what it runs.

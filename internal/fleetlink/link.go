@@ -384,3 +384,28 @@ func isInvalid(err error) bool {
 
 // msgKeyRefused is what an operator reads when the device key is refused.
 const msgKeyRefused = "the server refused this device's key (it was revoked or the device was deleted); the apps keep running; provision the device again with a new key"
+
+// errNotProvisioned answers what needs the server before the device is
+// registered.
+var errNotProvisioned = reeve.Errorf(reeve.CodeUnavailable, "the device is not registered with its fleet server yet: try again once it is (reeve local status shows why it is not)")
+
+// Tags returns the device's tags from the server.
+func (l *Link) Tags(ctx context.Context) (reeve.Tags, error) {
+	if !l.Status().Provisioned {
+		return nil, errNotProvisioned
+	}
+	rctx, cancel := l.requestContext(ctx, 0)
+	defer cancel()
+	return l.client.Tags(rctx, l.uuid)
+}
+
+// PatchTags changes the device's tags on the server (a nil value removes
+// one) and returns them all.
+func (l *Link) PatchTags(ctx context.Context, patch map[string]*string) (reeve.Tags, error) {
+	if !l.Status().Provisioned {
+		return nil, errNotProvisioned
+	}
+	rctx, cancel := l.requestContext(ctx, 0)
+	defer cancel()
+	return l.client.PatchTags(rctx, l.uuid, patch)
+}

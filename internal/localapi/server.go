@@ -64,6 +64,10 @@ type Options struct {
 	// /v1/shutdown). Nil: the route answers 503.
 	Reboot   func(ctx context.Context) error
 	Shutdown func(ctx context.Context) error
+	// Tags reads and PatchTags changes the device's tags on its fleet
+	// server (GET and PATCH /v2/device/tags). Nil: 503 (local mode).
+	Tags      func(ctx context.Context) (reeve.Tags, error)
+	PatchTags func(ctx context.Context, patch map[string]*string) (reeve.Tags, error)
 }
 
 // Server serves the local API.
@@ -117,6 +121,8 @@ func New(a Agent, opts Options) *Server {
 		{"POST", "/v2/applications/{appId}/stop-service", anyKey, s.serviceAction(actStop)},
 		{"POST", "/v2/applications/{appId}/start-service", anyKey, s.serviceAction(actStart)},
 		{"GET", "/v2/device/name", anyKey, s.deviceName},
+		{"GET", "/v2/device/tags", anyKey, s.deviceTags},
+		{"PATCH", "/v2/device/tags", anyKey, s.patchDeviceTags},
 		{"GET", "/v2/cleanup-volumes", deviceKey, s.cleanupVolumes},
 	}
 	// paths answers a request whose path is a route's but whose method is

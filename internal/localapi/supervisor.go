@@ -682,6 +682,70 @@ func (s *Server) deviceName(w http.ResponseWriter, _ *http.Request, _ caller) {
 	httpx.WriteJSON(w, http.StatusOK, DeviceNameResponse{Status: "success", DeviceName: s.agent.DeviceName()})
 }
 
+// Tag is one device tag as GET /v2/device/tags lists it.
+type Tag struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// TagsResponse is the answer of GET and PATCH /v2/device/tags: balena's
+// {"status":"success","tags":[{name, value}]}, sorted by name.
+type TagsResponse struct {
+	Status string `json:"status"`
+	Tags   []Tag  `json:"tags"`
+}
+
+// PatchTagsBody is the body of PATCH /v2/device/tags: the tags to set;
+// a null value removes the tag.
+type PatchTagsBody struct {
+	Tags map[string]*string `json:"tags"`
+}
+
+func tagsResponse(tags reeve.Tags) TagsResponse {
+	out := TagsResponse{Status: "success", Tags: []Tag{}}
+	for _, k := range sortedKeys(tags) {
+		out.Tags = append(out.Tags, Tag{Name: k, Value: tags[k]})
+	}
+	return out
+}
+
+var errNoTags = reeve.Errorf(reeve.CodeUnavailable, "device tags live on the fleet server: this agent has none (local mode)")
+
+func (s *Server) deviceTags(w http.ResponseWriter, r *http.Request, _ caller) {
+	if s.opts.Tags == nil {
+		httpx.WriteError(w, s.log, errNoTags)
+		return
+	}
+	tags, err := s.opts.Tags(r.Context())
+	if err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, tagsResponse(tags))
+}
+
+func (s *Server) patchDeviceTags(w http.ResponseWriter, r *http.Request, _ caller) {
+	if s.opts.PatchTags == nil {
+		httpx.WriteError(w, s.log, errNoTags)
+		return
+	}
+	var b PatchTagsBody
+	if err := decodeBody(w, r, &b); err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	if len(b.Tags) == 0 {
+		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeInvalid, "tags: nothing to change: send {\"tags\": {\"name\": \"value\"}} (null removes a tag)"))
+		return
+	}
+	tags, err := s.opts.PatchTags(r.Context(), b.Tags)
+	if err != nil {
+		httpx.WriteError(w, s.log, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, tagsResponse(tags))
+}
+
 // CleanupVolumesResponse is the answer of GET /v2/cleanup-volumes:
 // balena's {"status":"success"} and the names of the volumes removed.
 type CleanupVolumesResponse struct {

@@ -1,12 +1,14 @@
 package localapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -697,11 +699,52 @@ func TestMethodsAndUnknownPaths(t *testing.T) {
 			t.Errorf("%s %s: body %s", tc.method, tc.path, got)
 		}
 	}
-	for _, path := range []string{"/v1/apps/1/nothing", "/v2/device/tags", "/v1/blink", "/v3/anything"} {
+	for _, path := range []string{"/v1/apps/1/nothing", "/v1/blink", "/v3/anything"} {
 		resp, got := send(t, h, "GET", path, devKey, "")
 		wantError(t, resp, got, reeve.CodeNotFound, "no route")
 	}
 	if len(f.calls) != 0 {
 		t.Fatalf("acted: %q", f.calls)
 	}
+}
+
+func TestDeviceTags(t *testing.T) {
+	f := newFake()
+	tags := reeve.Tags{"site": "berlin"}
+	opts := f.options(false)
+	opts.Tags = func(context.Context) (reeve.Tags, error) { return tags, nil }
+	opts.PatchTags = func(_ context.Context, patch map[string]*string) (reeve.Tags, error) {
+		for k, v := range patch {
+			if v == nil {
+				delete(tags, k)
+			} else {
+				tags[k] = *v
+			}
+		}
+		return tags, nil
+	}
+	h := New(f, opts)
+	check := func(what string, resp *http.Response, got string, want TagsResponse) {
+		t.Helper()
+		var tr TagsResponse
+		if err := json.Unmarshal([]byte(got), &tr); err != nil || resp.StatusCode != 200 || !reflect.DeepEqual(tr, want) {
+			t.Fatalf("%s: %d %s, want %+v", what, resp.StatusCode, got, want)
+		}
+	}
+	resp, got := send(t, h, "GET", "/v2/device/tags", devKey, "")
+	check("GET tags", resp, got, TagsResponse{Status: "success", Tags: []Tag{{Name: "site", Value: "berlin"}}})
+	resp, got = send(t, h, "PATCH", "/v2/device/tags", devKey, `{"tags":{"site":null,"floor":"2"}}`)
+	check("PATCH tags", resp, got, TagsResponse{Status: "success", Tags: []Tag{{Name: "floor", Value: "2"}}})
+	for _, body := range []string{`{"tags":{}}`, `{"tag":{"a":"b"}}`, `{"tags":{"a":1}}`} {
+		resp, got = send(t, h, "PATCH", "/v2/device/tags", devKey, body)
+		if resp.StatusCode != 400 {
+			t.Errorf("PATCH %s: %d %s, want 400", body, resp.StatusCode, got)
+		}
+	}
+	if resp, got = send(t, h, "GET", "/v2/device/tags", "", ""); resp.StatusCode != 401 {
+		t.Errorf("GET tags without a key: %d %s", resp.StatusCode, got)
+	}
+	// Local mode has no server to keep tags.
+	resp, got = send(t, New(f, f.options(false)), "GET", "/v2/device/tags", devKey, "")
+	wantError(t, resp, got, reeve.CodeUnavailable, "fleet server")
 }

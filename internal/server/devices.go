@@ -256,6 +256,57 @@ func (s *Server) SetTag(ctx context.Context, uuid, key, value string, del bool) 
 	})
 }
 
+// PatchTags changes a device's own tags (through its agent): a nil value
+// removes the tag. It returns all the device's tags.
+func (s *Server) PatchTags(ctx context.Context, dev reeve.Device, patch map[string]*string) (reeve.Tags, error) {
+	var p []reeve.Problem
+	for k, v := range patch {
+		if !tagKey.MatchString(k) {
+			p = append(p, reeve.Problem{Path: "tags." + k, Message: "not a tag key: use up to 100 letters, digits, '.', '_', '/' or '-'"})
+		}
+		if v != nil && len(*v) > 1024 {
+			p = append(p, reeve.Problem{Path: "tags." + k, Message: "a tag value is at most 1024 characters"})
+		}
+	}
+	if len(p) > 0 {
+		return nil, &reeve.ValidationError{Problems: p}
+	}
+	d, err := s.st.UpdateDevice(ctx, dev.UUID, func(d *reeve.Device) error {
+		if d.Tags == nil {
+			d.Tags = reeve.Tags{}
+		}
+		for k, v := range patch {
+			if v == nil {
+				delete(d.Tags, k)
+			} else {
+				d.Tags[k] = *v
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.hub.notify(d.FleetID)
+	return nonNilTags(d.Tags), nil
+}
+
+// Tags returns a device's tags.
+func (s *Server) Tags(ctx context.Context, dev reeve.Device) (reeve.Tags, error) {
+	d, err := s.st.Device(ctx, dev.UUID)
+	if err != nil {
+		return nil, err
+	}
+	return nonNilTags(d.Tags), nil
+}
+
+func nonNilTags(t reeve.Tags) reeve.Tags {
+	if t == nil {
+		return reeve.Tags{}
+	}
+	return t
+}
+
 // Report merges what a device reported into its state.
 func (s *Server) Report(ctx context.Context, dev reeve.Device, cs reeve.CurrentState) error {
 	if len(cs) != 1 {

@@ -136,3 +136,18 @@ func longPollMax(h http.Header) int {
 	}
 	return n
 }
+
+// Tags returns the device's tags (GET /device/v3/{uuid}/tags).
+func (c *Client) Tags(ctx context.Context, uuid string) (reeve.Tags, error) {
+	var out DeviceTags
+	err := c.do(ctx, http.MethodGet, "/device/v3/"+url.PathEscape(uuid)+"/tags", nil, &out)
+	return out.Tags, err
+}
+
+// PatchTags changes the device's tags (a nil value removes one) and
+// returns them all.
+func (c *Client) PatchTags(ctx context.Context, uuid string, patch map[string]*string) (reeve.Tags, error) {
+	var out DeviceTags
+	err := c.do(ctx, http.MethodPatch, "/device/v3/"+url.PathEscape(uuid)+"/tags", PatchTagsRequest{Tags: patch}, &out)
+	return out.Tags, err
+}

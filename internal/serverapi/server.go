@@ -34,6 +34,8 @@ func NewHandler(s *server.Server, log *slog.Logger) *Handler {
 	m.HandleFunc("POST /device/v3/{uuid}/key-exchange", h.keyExchange)
 	m.HandleFunc("GET /device/v3/{uuid}/state", h.state)
 	m.HandleFunc("PATCH /device/v3/state", h.report)
+	m.HandleFunc("GET /device/v3/{uuid}/tags", h.deviceTags)
+	m.HandleFunc("PATCH /device/v3/{uuid}/tags", h.patchDeviceTags)
 	// Operator API.
 	op := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
 		h.opRoutes = append(h.opRoutes, pattern)
@@ -233,6 +235,43 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+func (h *Handler) deviceTags(w http.ResponseWriter, r *http.Request) {
+	d, err := h.authDevice(r, r.PathValue("uuid"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	tags, err := h.s.Tags(r.Context(), d)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, DeviceTags{Tags: tags})
+}
+
+func (h *Handler) patchDeviceTags(w http.ResponseWriter, r *http.Request) {
+	d, err := h.authDevice(r, r.PathValue("uuid"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	var req PatchTagsRequest
+	if err := httpx.DecodeJSON(w, r, MaxBody, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if len(req.Tags) == 0 {
+		h.fail(w, reeve.Errorf(reeve.CodeInvalid, "tags: nothing to change: give {\"tags\": {\"key\": \"value\"}} (null removes a tag)"))
+		return
+	}
+	tags, err := h.s.PatchTags(r.Context(), d, req.Tags)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, DeviceTags{Tags: tags})
 }
 
 // ---- operator API ----

@@ -141,6 +141,15 @@ func TestDeviceAuthMatrix(t *testing.T) {
 		{"report: another device's key", "PATCH", "/device/v3/state", s.keyB, report(s.a), 403},
 		{"report: provisioning key", "PATCH", "/device/v3/state", s.provKey, report(s.a), 401},
 		{"report: revoked device key", "PATCH", "/device/v3/state", s.keyC, report(s.c), 401},
+		{"tags: own key", "GET", "/device/v3/" + s.a + "/tags", s.keyA, nil, 200},
+		{"tags: no key", "GET", "/device/v3/" + s.a + "/tags", "", nil, 401},
+		{"tags: another device's key", "GET", "/device/v3/" + s.a + "/tags", s.keyB, nil, 403},
+		{"tags: provisioning key", "GET", "/device/v3/" + s.a + "/tags", s.provKey, nil, 401},
+		{"tags: revoked device key", "GET", "/device/v3/" + s.c + "/tags", s.keyC, nil, 401},
+		{"patch tags: own key", "PATCH", "/device/v3/" + s.a + "/tags", s.keyA, `{"tags":{"site":"berlin"}}`, 200},
+		{"patch tags: another device's key", "PATCH", "/device/v3/" + s.a + "/tags", s.keyB, `{"tags":{"site":"x"}}`, 403},
+		{"patch tags: no key", "PATCH", "/device/v3/" + s.a + "/tags", "", `{"tags":{"site":"x"}}`, 401},
+		{"patch tags: revoked device key", "PATCH", "/device/v3/" + s.c + "/tags", s.keyC, `{"tags":{"site":"x"}}`, 401},
 		{"register: no key", "POST", "/device/register", "", serverapi.RegisterRequest{UUID: uuidN(1), DeviceType: "x", APIKey: server.NewSecret()}, 401},
 		{"register: revoked key", "POST", "/device/register", s.revoked, serverapi.RegisterRequest{UUID: uuidN(1), DeviceType: "x", APIKey: server.NewSecret()}, 401},
 		{"register: device key", "POST", "/device/register", s.keyA, serverapi.RegisterRequest{UUID: uuidN(1), DeviceType: "x", APIKey: server.NewSecret()}, 401},
@@ -164,6 +173,12 @@ func TestDeviceAuthMatrix(t *testing.T) {
 	e.must(200, "GET", "/api/v1/devices", adminToken, nil, &ds)
 	if len(ds) != 3 {
 		t.Fatalf("%d devices, want 3: a refused registration was stored", len(ds))
+	}
+	// Only the device's own PATCH changed its tags.
+	var dv serverapi.DeviceView
+	e.must(200, "GET", "/api/v1/devices/"+s.a, adminToken, nil, &dv)
+	if len(dv.Tags) != 1 || dv.Tags["site"] != "berlin" {
+		t.Fatalf("tags after the matrix: %v, want only site=berlin", dv.Tags)
 	}
 	// A deleted device's key stops working at once, though its polls
 	// were answered from memory.
@@ -453,5 +468,27 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 30 s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDeviceTagsFromTheDevice(t *testing.T) {
+	e := newEnv(t)
+	s := e.setup()
+	var got serverapi.DeviceTags
+	e.must(200, "PATCH", "/device/v3/"+s.a+"/tags", s.keyA, `{"tags":{"site":"berlin","floor":"2"}}`, &got)
+	got = serverapi.DeviceTags{} // decoding into a filled map would merge
+	e.must(200, "PATCH", "/device/v3/"+s.a+"/tags", s.keyA, `{"tags":{"floor":null,"wing":"east"}}`, &got)
+	if len(got.Tags) != 2 || got.Tags["site"] != "berlin" || got.Tags["wing"] != "east" {
+		t.Fatalf("tags %v, want site and wing (floor removed)", got.Tags)
+	}
+	for _, body := range []string{`{"tags":{"bad key!":"x"}}`, `{"tags":{}}`, `{"tags":{"a":1}}`, `{"labels":{}}`} {
+		if status, b, _ := e.call("PATCH", "/device/v3/"+s.a+"/tags", s.keyA, body); status != 400 {
+			t.Errorf("PATCH tags %s: %d, want 400: %s", body, status, b)
+		}
+	}
+	got = serverapi.DeviceTags{}
+	e.must(200, "GET", "/device/v3/"+s.a+"/tags", s.keyA, nil, &got)
+	if len(got.Tags) != 2 {
+		t.Fatalf("a refused patch changed the tags: %v", got.Tags)
 	}
 }

@@ -35,6 +35,17 @@ type KeyExchangeRequest struct {
 	APIKey string `json:"api_key"`
 }
 
+// DeviceTags is the answer of GET and PATCH /device/v3/{uuid}/tags.
+type DeviceTags struct {
+	Tags reeve.Tags `json:"tags"`
+}
+
+// PatchTagsRequest is the body of PATCH /device/v3/{uuid}/tags: a null
+// value removes the tag.
+type PatchTagsRequest struct {
+	Tags map[string]*string `json:"tags"`
+}
+
 // WhoAmI is the answer of GET /api/v1/whoami.
 type WhoAmI struct {
 	Token   reeve.Token `json:"token"`
