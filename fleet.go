@@ -163,10 +163,13 @@ type DeviceReport struct {
 	LastError    *string `json:"last_error,omitempty"`
 	OSVersion    *string `json:"os_version,omitempty"`
 	AgentVersion *string `json:"agent_version,omitempty"`
-	DeviceType   *string `json:"device_type,omitempty"`
-	IPAddress    *string `json:"ip_address,omitempty"` // space-separated
-	MACAddress   *string `json:"mac_address,omitempty"`
-	APIPort      *int    `json:"api_port,omitempty"`
+	// APIKey is the device-wide key of the agent's API. The server keeps
+	// it and never shows it in its operator API.
+	APIKey     *string `json:"api_key,omitempty"`
+	DeviceType *string `json:"device_type,omitempty"`
+	IPAddress  *string `json:"ip_address,omitempty"` // space-separated
+	MACAddress *string `json:"mac_address,omitempty"`
+	APIPort    *int    `json:"api_port,omitempty"`
 	// Commit is the release every fleet service runs, when they all run one.
 	Commit        *string   `json:"commit,omitempty"`
 	CPUUsage      *float64  `json:"cpu_usage,omitempty"`
@@ -215,6 +218,7 @@ func (r *DeviceReport) Merge(p DeviceReport) {
 	set(&r.LastError, p.LastError)
 	set(&r.OSVersion, p.OSVersion)
 	set(&r.AgentVersion, p.AgentVersion)
+	set(&r.APIKey, p.APIKey)
 	set(&r.DeviceType, p.DeviceType)
 	set(&r.IPAddress, p.IPAddress)
 	set(&r.MACAddress, p.MACAddress)

@@ -391,6 +391,8 @@ func newFakeAgent(uuid string) *fakeAgent {
 
 func (a *fakeAgent) UUID() string { return a.uuid }
 
+func (a *fakeAgent) APIKey() string { return "fake-device-api-key" }
+
 func (a *fakeAgent) SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

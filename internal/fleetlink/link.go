@@ -22,6 +22,9 @@ type Agent interface {
 	SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error)
 	Target() (reeve.TargetState, int64)
 	Status() agent.Status
+	// APIKey is the device-wide key of the agent's API, reported to the
+	// server.
+	APIKey() string
 }
 
 var _ Agent = (*agent.Agent)(nil)

@@ -112,6 +112,7 @@ func (l *Link) buildReport(met metricsSample) reeve.DeviceReport {
 		LastError:     ptr(st.LastError),
 		OSVersion:     nonEmpty(l.os),
 		AgentVersion:  ptr(reeve.Version),
+		APIKey:        ptr(l.agent.APIKey()),
 		DeviceType:    ptr(l.deviceType()),
 		PollInterval:  ptr(reeve.Duration(l.pollInterval())),
 		TargetVersion: ptr(st.TargetVersion),

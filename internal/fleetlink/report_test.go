@@ -36,7 +36,7 @@ func TestReportSendsOnlyWhatChanged(t *testing.T) {
 
 	waitFor(t, "a report", func() bool { return len(h.srv.reports(http.StatusOK)) == 1 })
 	first := h.srv.reports(http.StatusOK)[0]
-	wantFields := []string{"agent_version", "apps", "commit", "cpu_usage", "device_type", "ip_address", "last_error",
+	wantFields := []string{"agent_version", "api_key", "apps", "commit", "cpu_usage", "device_type", "ip_address", "last_error",
 		"mac_address", "memory_total", "memory_usage", "name", "poll_interval", "status", "target_version", "update_status"}
 	if !slices.Equal(first.ReportedFields, wantFields) {
 		t.Errorf("first report fields = %v, want %v", first.ReportedFields, wantFields)

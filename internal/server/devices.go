@@ -106,6 +106,7 @@ func (s *Server) view(ctx context.Context, d reeve.Device, memo *viewMemo) (Devi
 		memo.fleets[f.ID] = f
 	}
 	v := DeviceView{Device: d, Fleet: f.Name}
+	v.State.APIKey = nil // a secret of the device's
 	v.Online = s.online(&v.Device)
 	if d.PinnedRelease != "" {
 		v.TargetCommit = d.PinnedRelease

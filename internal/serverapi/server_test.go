@@ -2,6 +2,7 @@ package serverapi_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -490,5 +491,23 @@ func TestDeviceTagsFromTheDevice(t *testing.T) {
 	e.must(200, "GET", "/device/v3/"+s.a+"/tags", s.keyA, nil, &got)
 	if len(got.Tags) != 2 {
 		t.Fatalf("a refused patch changed the tags: %v", got.Tags)
+	}
+}
+
+// The agent's API key reaches the server with a report but never shows in
+// the operator API.
+func TestReportedAPIKeyIsKeptOutOfViews(t *testing.T) {
+	e := newEnv(t)
+	s := e.setup()
+	e.must(200, "PATCH", "/device/v3/state", s.keyA, map[string]any{s.a: map[string]any{"api_key": "secret-agent-key", "status": "Idle"}}, nil)
+	for _, path := range []string{"/api/v1/devices/" + s.a, "/api/v1/devices", "/api/v1/devices?fleet=lobby"} {
+		_, body, _ := e.call("GET", path, adminToken, nil)
+		if strings.Contains(string(body), "secret-agent-key") || !strings.Contains(string(body), "Idle") {
+			t.Fatalf("GET %s shows the device's API key (or not its state): %s", path, body)
+		}
+	}
+	d, err := e.m.Server().Store().Device(context.Background(), s.a)
+	if err != nil || d.State.APIKey == nil || *d.State.APIKey != "secret-agent-key" {
+		t.Fatalf("the server did not keep the reported key: %+v %v", d.State.APIKey, err)
 	}
 }
