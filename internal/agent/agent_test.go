@@ -27,6 +27,7 @@ type fakeRuntime struct {
 	fetches    map[string]int
 	killed     []string
 	next       int
+	capacity   int // images the disk holds; 0: no limit
 }
 
 func newFake() *fakeRuntime {
@@ -58,6 +59,9 @@ func (f *fakeRuntime) Fetch(_ context.Context, image string, progress func(runti
 	f.fetches[image]++
 	if err := f.fetchErr[image]; err != nil {
 		return err
+	}
+	if f.capacity > 0 && !f.images[image] && len(f.images) >= f.capacity {
+		return fmt.Errorf("fetch %s: %w: the disk is full", image, runtime.ErrNoSpace)
 	}
 	f.images[image] = true
 	return nil
@@ -520,5 +524,66 @@ func TestConfigWarningsInStatus(t *testing.T) {
 	})
 	if overrideLock(cfg) {
 		t.Error("an unreadable override-lock value overrides locks")
+	}
+}
+
+// A download that does not fit makes room by removing images the agent
+// fetched that nothing uses; the running release's image stays, and when
+// that is not enough the download fails with the reason in the status
+// while the old release runs on.
+func TestNoSpaceMakesRoomWithUnusedImages(t *testing.T) {
+	ctx := context.Background()
+	rt := newFake()
+	a := newTestAgent(t, rt, t.TempDir())
+	defer a.Close()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetTarget(ctx, target(a, "c1", "registry.example.com/web:1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	running := func(image string) bool {
+		st := a.Status()
+		return st.AppState == AppStateApplied && len(st.Services) == 1 && st.Services[0].Status == SvcRunning && st.Services[0].Image == image
+	}
+	waitFor(t, "v1 running", func() bool { return running("registry.example.com/web:1") })
+	// An old image of the agent's that nothing uses, and a full disk.
+	rt.mu.Lock()
+	rt.images["registry.example.com/old:1"] = true
+	rt.capacity = 2
+	rt.mu.Unlock()
+	if err := a.db.addOwnedImage(ctx, "registry.example.com/old:1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetTarget(ctx, target(a, "c2", "registry.example.com/web:2", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "v2 running after making room", func() bool { return running("registry.example.com/web:2") })
+	rt.mu.Lock()
+	old := rt.images["registry.example.com/old:1"]
+	rt.mu.Unlock()
+	if old {
+		t.Fatal("the unused image was not removed to make room")
+	}
+
+	// Now only the running release's image is there and it cannot go.
+	rt.mu.Lock()
+	rt.capacity = len(rt.images)
+	rt.mu.Unlock()
+	if _, err := a.SetTarget(ctx, target(a, "c3", "registry.example.com/web:3", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reason in the status", func() bool {
+		st := a.Status()
+		return len(st.Services) == 1 && strings.Contains(st.Services[0].Error, "not enough disk space")
+	})
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	var alive bool
+	for _, c := range rt.containers {
+		alive = alive || (c.Image == "registry.example.com/web:2" && c.Status == reeve.StatusRunning)
+	}
+	if !alive || !rt.images["registry.example.com/web:2"] {
+		t.Fatal("the running release was stopped or its image removed for a download that does not fit")
 	}
 }

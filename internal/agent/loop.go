@@ -377,11 +377,15 @@ func (a *Agent) startFetch(ctx context.Context, s engine.Step) {
 		err := a.db.addOwnedImage(fctx, ref)
 		if err == nil {
 			a.log.Info("downloading image", "image", ref, "service", s.Service)
-			err = a.rt.Fetch(fctx, ref, func(p runtime.Progress) {
+			progress := func(p runtime.Progress) {
 				a.mu.Lock()
 				f.progress = p
 				a.mu.Unlock()
-			})
+			}
+			err = a.rt.Fetch(fctx, ref, progress)
+			if errors.Is(err, runtime.ErrNoSpace) && a.makeRoom(fctx, ref) {
+				err = a.rt.Fetch(fctx, ref, progress)
+			}
 		}
 		a.mu.Lock()
 		delete(a.fetches, ref)
@@ -408,6 +412,35 @@ func (a *Agent) startFetch(ctx context.Context, s engine.Step) {
 		}
 		a.Wake()
 	}()
+}
+
+// makeRoom removes the images the agent fetched that nothing uses any
+// more (not the running release's, not the target's, not one being
+// downloaded), so that ref may fit. It reports whether it removed any.
+func (a *Agent) makeRoom(ctx context.Context, ref string) bool {
+	snap, err := a.rt.Snapshot(ctx)
+	if err != nil {
+		return false
+	}
+	dev, _, _ := a.deviceTarget()
+	owned, err := a.db.ownedImages(ctx)
+	if err != nil {
+		return false
+	}
+	inFlight := a.downloadState().inFlight
+	removed := false
+	for _, img := range engine.UnusedImages(snap, dev, engine.Env{OwnedImages: owned, InFlight: inFlight}) {
+		if err := a.rt.RemoveImage(ctx, img); err != nil {
+			a.log.Warn("could not remove an unused image to make room", "image", img, "err", err)
+			continue
+		}
+		if err := a.db.removeOwnedImage(ctx, img); err != nil {
+			a.log.Warn("forget removed image", "image", img, "err", err)
+		}
+		a.log.Info("removed an unused image to make room", "image", img, "for", ref)
+		removed = true
+	}
+	return removed
 }
 
 // cancelUnneededFetches stops downloads of images no service of the target

@@ -147,6 +147,14 @@ func (p *planner) appUUIDs() []string {
 // any status, any app) was created from and no target service of any app
 // needs, and that are not being downloaded. An image with several refs is
 // used when any of them is; then none of its refs is returned.
+// UnusedImages lists the images the agent fetched (env.OwnedImages) that
+// no container, no service of the target and no download in flight uses:
+// what may go to make room.
+func UnusedImages(cur reeve.Snapshot, target reeve.DeviceTarget, env Env) []string {
+	p := &planner{cur: cur, target: target, env: env}
+	return p.unusedOwnedImages()
+}
+
 func (p *planner) unusedOwnedImages() []string {
 	used := map[string]bool{}
 	for _, c := range p.cur.Containers {

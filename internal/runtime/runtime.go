@@ -37,6 +37,11 @@ var ErrNotFound = errors.New("not found")
 // ErrUnavailable is returned (wrapped) when the runtime cannot be reached.
 var ErrUnavailable = errors.New("runtime unavailable")
 
+// ErrNoSpace is returned (wrapped) by Fetch when the image does not fit on
+// the disk the runtime keeps images on; nothing was downloaded. Removing
+// images no release needs may make room.
+var ErrNoSpace = errors.New("not enough disk space")
+
 // Runtime runs services. Every method is safe for concurrent use, and every
 // method that acts is idempotent where the engine allows: removing what is
 // already gone returns nil, creating what already exists with the same

@@ -69,6 +69,11 @@ type Options struct {
 	// Logger gets what the runtime does on its own (restoring volume data,
 	// removing leftovers); nil means slog.Default().
 	Logger *slog.Logger
+	// ReserveBytes is the disk space Fetch keeps free on the engine's data
+	// disk beyond an image's size; an image that does not fit is refused
+	// with runtime.ErrNoSpace before anything is downloaded. Default
+	// 64 MiB; negative turns the check off.
+	ReserveBytes int64
 }
 
 // Runtime is runtime.Runtime on a Docker Engine. It is safe for concurrent
@@ -87,6 +92,7 @@ type Runtime struct {
 	helperMaxAge time.Duration
 	managed      string // value of LabelManaged on what this runtime owns
 	prefix       string // put before app UUIDs in engine names: "" or "<namespace>_"
+	reserve      int64  // Options.ReserveBytes
 }
 
 func namespacePrefix(ns string) string {
@@ -115,10 +121,14 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if opts.ReserveBytes == 0 {
+		opts.ReserveBytes = 64 << 20
+	}
 	r := &Runtime{
 		c:            c,
 		host:         c.DaemonHost(),
 		creds:        opts.Credentials,
+		reserve:      opts.ReserveBytes,
 		log:          log.With("runtime", "docker"),
 		managed:      cmp.Or(opts.Namespace, "true"),
 		prefix:       namespacePrefix(opts.Namespace),

@@ -983,3 +983,41 @@ func TestDuplicateNetworkReportedChanged(t *testing.T) {
 		t.Fatalf("%d networks left after RemoveNetwork", len(list.Items))
 	}
 }
+
+// TestFetchRefusesWhatDoesNotFit: with more spare space asked for than the
+// engine's disk has, Fetch refuses with ErrNoSpace, says how much is
+// needed and free, and downloads nothing; with the check off the same
+// image comes down.
+func TestFetchRefusesWhatDoesNotFit(t *testing.T) {
+	testimage.RequireDocker(t)
+	reg := testimage.StartRegistry(t)
+	ref := reg.Push(t, "space", "v1", map[string]string{"/version": "v1"})
+	ctx := testCtx(t)
+	rt := newRuntime(t, docker.Options{Namespace: "space-" + randomHex(4), ReserveBytes: 1 << 60})
+	err := rt.Fetch(ctx, ref, nil)
+	if !errors.Is(err, runtime.ErrNoSpace) || !strings.Contains(err.Error(), "free") || !strings.Contains(err.Error(), "MiB") {
+		t.Fatalf("Fetch with no room: %v, want ErrNoSpace saying what is needed and free", err)
+	}
+	snap, err := rt.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range snap.Images {
+		if slices.Contains(img.Refs, ref) {
+			t.Fatal("a refused image was downloaded")
+		}
+	}
+	open := newRuntime(t, docker.Options{Namespace: "space-" + randomHex(4), ReserveBytes: -1})
+	if err := open.Fetch(ctx, ref, nil); err != nil {
+		t.Fatalf("Fetch with the check off: %v", err)
+	}
+	t.Cleanup(func() {
+		c, cancel := cleanupCtx()
+		defer cancel()
+		_ = open.RemoveImage(c, ref)
+	})
+	// Once the image is there, the check has nothing to download to refuse.
+	if err := rt.Fetch(ctx, ref, nil); err != nil {
+		t.Fatalf("Fetch of an image already there: %v", err)
+	}
+}

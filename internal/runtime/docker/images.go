@@ -42,6 +42,9 @@ func (r *Runtime) Fetch(ctx context.Context, image string, progress func(runtime
 		opts.RegistryAuth = base64.URLEncoding.EncodeToString(b)
 	}
 	what := fmt.Sprintf("fetch %s from registry %s", ref, host)
+	if err := r.checkSpace(ctx, ref, host); err != nil {
+		return err
+	}
 
 	resp, err := r.c.ImagePull(ctx, ref, opts)
 	if err != nil {
