@@ -180,6 +180,7 @@ type Link struct {
 	cancelPoll   context.CancelCauseFunc // cancels the long poll in flight
 	unauthorized [3]bool                 // by source: the server refused the credential last time
 	badConfig    string                  // the device config warnings last logged
+	alive        time.Time               // when the poll (or provisioning) loop last made an attempt
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -303,6 +304,30 @@ func (l *Link) Status() LinkStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.status
+}
+
+// beat records that the poll (or provisioning) loop is making attempts.
+func (l *Link) beat() {
+	l.mu.Lock()
+	l.alive = l.cfg.Now()
+	l.mu.Unlock()
+}
+
+// Healthy reports whether the loop that provisions and polls is making
+// attempts, failed ones included: a poll may wait out a backoff, a poll
+// interval and a long poll, but not much longer.
+func (l *Link) Healthy() error {
+	dc := l.deviceConfig()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.alive.IsZero() {
+		return errors.New("the fleet link has not started polling")
+	}
+	limit := l.cfg.BackoffMax + dc.PollInterval + dc.APIRequestTimeout + serverapi.MaxWait*time.Second + time.Minute
+	if since := l.cfg.Now().Sub(l.alive); since > limit {
+		return fmt.Errorf("the fleet link has not polled for %s", since.Round(time.Second))
+	}
+	return nil
 }
 
 // run provisions the device, then polls and reports until ctx ends.

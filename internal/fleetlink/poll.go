@@ -55,6 +55,8 @@ func (l *Link) pollLoop(ctx context.Context) {
 // pollOnce makes one poll and handles its answer; it returns the wait
 // before the next one, and false when ctx ended.
 func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.Duration, ok bool) {
+	l.beat()
+	defer l.beat()
 	interval := l.pollInterval()
 	dc := l.deviceConfig()
 	var wait time.Duration

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -431,5 +432,24 @@ func TestInstantUpdatesOff(t *testing.T) {
 	}
 	if len(h.waitsOf(waitPoll)) == 0 || len(h.waitsOf(waitLongPoll)) != 0 {
 		t.Errorf("waits: %d poll, %d long poll; want plain poll intervals only", len(h.waitsOf(waitPoll)), len(h.waitsOf(waitLongPoll)))
+	}
+}
+
+// Healthy fails once the poll loop has made no attempt for longer than a
+// backoff, a poll interval and a long poll together can take.
+func TestHealthyWhilePolling(t *testing.T) {
+	h := provisionedHarness(t)
+	h.srv.setTarget(testUUID, testTarget(testUUID, "c1", nil))
+	var offset atomic.Int64
+	l := h.start(func(c *LinkConfig) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	if err := l.Healthy(); err != nil {
+		waitFor(t, "a poll", func() bool { return l.Healthy() == nil })
+	}
+	l.Close() // the loop stops: no more attempts
+	offset.Store(int64(2 * time.Hour))
+	if err := l.Healthy(); err == nil || !strings.Contains(err.Error(), "has not polled") {
+		t.Fatalf("Healthy after two hours without a poll: %v", err)
 	}
 }

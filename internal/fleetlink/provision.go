@@ -21,6 +21,7 @@ func (l *Link) provision(ctx context.Context) bool {
 	failures := 0
 	lastErr := ""
 	for {
+		l.beat()
 		err := l.register(ctx)
 		switch {
 		case err == nil:

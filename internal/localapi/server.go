@@ -57,6 +57,9 @@ type Options struct {
 	// Link, when the agent has a fleet server, tells how the connection
 	// to it is doing.
 	Link func() fleetlink.LinkStatus
+	// LinkHealthy, when the agent has a fleet server, says whether its
+	// polling is stuck; GET /v1/healthy fails then.
+	LinkHealthy func() error
 	// Update asks the fleet link to poll now (POST /v1/update). Nil: the
 	// route answers 503 (local mode has nothing to poll).
 	Update func(force bool)
@@ -165,7 +168,11 @@ func (s *Server) ping(w http.ResponseWriter, _ *http.Request, _ caller) {
 }
 
 func (s *Server) healthy(w http.ResponseWriter, _ *http.Request, _ caller) {
-	if err := s.agent.Healthy(); err != nil {
+	err := s.agent.Healthy()
+	if err == nil && s.opts.LinkHealthy != nil {
+		err = s.opts.LinkHealthy()
+	}
+	if err != nil {
 		httpx.WriteJSON(w, http.StatusInternalServerError, httpx.ErrorBody{Error: &reeve.Error{Code: reeve.CodeUnavailable, Message: err.Error()}})
 		return
 	}

@@ -123,6 +123,10 @@ func TestRoutes(t *testing.T) {
 	if resp, _ := do(t, h, "GET", "/v1/healthy", "", ""); resp.StatusCode != 200 {
 		t.Errorf("/v1/healthy: %d", resp.StatusCode)
 	}
+	stuckPolls := New(f, Options{LinkHealthy: func() error { return errors.New("the fleet link has not polled for 20m0s") }})
+	if resp, body := do(t, stuckPolls, "GET", "/v1/healthy", "", ""); resp.StatusCode != 500 || !strings.Contains(string(body), "has not polled") {
+		t.Errorf("/v1/healthy when polling is stuck: %d %s", resp.StatusCode, body)
+	}
 	f.healthy = errors.New("the apply loop has not completed a round for 11m0s")
 	if resp, body := do(t, h, "GET", "/v1/healthy", "", ""); resp.StatusCode != 500 || !strings.Contains(string(body), "11m0s") {
 		t.Errorf("/v1/healthy when stuck: %d %s", resp.StatusCode, body)
