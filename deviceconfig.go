@@ -27,9 +27,12 @@ type DeviceConfig struct {
 	// request to the server may take (a long poll gets its wait on top).
 	// Default 30 s; 1 s to 10 min (brought to the nearest end).
 	APIRequestTimeout time.Duration
-	// LocalMode (LOCAL_MODE) and PersistentLogging (PERSISTENT_LOGGING), 1
-	// or 0, default off: validated; the agent does not act on them yet.
-	LocalMode         bool
+	// LocalMode (LOCAL_MODE, 1 or 0, default off): the target is set on
+	// the device through its local API; the fleet's is not applied until
+	// the fleet turns local mode off again.
+	LocalMode bool
+	// PersistentLogging (PERSISTENT_LOGGING, 1 or 0, default off):
+	// validated; the agent does not act on it yet (logs are another issue).
 	PersistentLogging bool
 }
 

@@ -140,7 +140,7 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 			rt.Close()
 			return nil, err
 		}
-		opts.Link, opts.LinkHealthy = link.Status, link.Healthy
+		opts.Link, opts.LinkHealthy, opts.LocalMode = link.Status, link.Healthy, link.LocalMode
 		opts.Update = func(bool) { link.Poke() }
 		opts.Tags, opts.PatchTags = link.Tags, link.PatchTags
 	}

@@ -155,7 +155,11 @@ type LinkStatus struct {
 	ReportError string    `json:"report_error,omitempty"`
 	// Unauthorized is true while the server refuses the device's
 	// credential; the error fields say what to do.
-	Unauthorized bool           `json:"unauthorized"`
+	Unauthorized bool `json:"unauthorized"`
+	// LocalMode is true while the fleet's device config sets
+	// REEVE_SUPERVISOR_LOCAL_MODE: the target is then set through the
+	// local API, and the server's is not applied.
+	LocalMode    bool           `json:"local_mode"`
 	LongPolling  bool           `json:"long_polling"`
 	PollInterval reeve.Duration `json:"poll_interval"`
 }

@@ -82,7 +82,13 @@ func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.
 		// Sent again although we said we had it (the server ignores
 		// If-None-Match): refuse it quietly, and wait the interval.
 		return waitRefused, l.jitter(interval), true
+	case err == nil && l.localModeIn(res.Target):
+		// The fleet says this device is in local mode: its target is set
+		// on the device; the server's is only watched for the end of it.
+		p.etag = res.ETag
+		l.setLocalMode(true)
 	case err == nil:
+		l.setLocalMode(false)
 		version, serr := l.apply(ctx, res.Target)
 		switch {
 		case serr == nil:
@@ -225,6 +231,33 @@ func (l *Link) fetch(ctx context.Context, etag string, wait time.Duration) (serv
 		return res, errPoked
 	}
 	return res, err
+}
+
+// localModeIn reports whether a target from the server puts the device in
+// local mode (REEVE_SUPERVISOR_LOCAL_MODE=1).
+func (l *Link) localModeIn(ts reeve.TargetState) bool {
+	dc, _ := reeve.ParseDeviceConfig(ts[l.uuid].Config, reeve.DefaultDeviceConfig())
+	return dc.LocalMode
+}
+
+func (l *Link) setLocalMode(on bool) {
+	l.mu.Lock()
+	was := l.status.LocalMode
+	l.status.LocalMode = on
+	l.mu.Unlock()
+	switch {
+	case on && !was:
+		l.log.Info("local mode: the fleet's targets are not applied; set the target through the local API until the fleet turns it off")
+	case !on && was:
+		l.log.Info("local mode ended: the fleet's target applies again")
+	}
+}
+
+// LocalMode reports whether the fleet put the device in local mode.
+func (l *Link) LocalMode() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.status.LocalMode
 }
 
 // deviceConfig reads the target's config variables (reeve.ParseDeviceConfig)

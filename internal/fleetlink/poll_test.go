@@ -453,3 +453,22 @@ func TestHealthyWhilePolling(t *testing.T) {
 		t.Fatalf("Healthy after two hours without a poll: %v", err)
 	}
 }
+
+// While the fleet's device config says local mode, the server's targets
+// are not applied (the local API sets the target); when it no longer
+// does, the server's target applies again.
+func TestLocalModeFromTheFleet(t *testing.T) {
+	h := provisionedHarness(t)
+	h.srv.setTarget(testUUID, testTarget(testUUID, "c1", map[string]string{"REEVE_SUPERVISOR_LOCAL_MODE": "1"}))
+	l := h.start(nil)
+	waitFor(t, "local mode in the status", func() bool { return l.LocalMode() && l.Status().LocalMode })
+	waitFor(t, "a few more polls", func() bool { return len(h.srv.polls()) >= 3 })
+	if n := h.agent.setCount(); n != 0 {
+		t.Fatalf("a target from the server was applied %d times in local mode", n)
+	}
+	h.srv.setTarget(testUUID, testTarget(testUUID, "c2", nil))
+	waitFor(t, "the server's target applied once local mode ends", func() bool {
+		ts, _ := h.agent.Target()
+		return !l.LocalMode() && commitOf(ts) == "c2"
+	})
+}

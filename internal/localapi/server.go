@@ -57,6 +57,9 @@ type Options struct {
 	// Link, when the agent has a fleet server, tells how the connection
 	// to it is doing.
 	Link func() fleetlink.LinkStatus
+	// LocalMode, when the agent has a fleet server, says whether the fleet
+	// put the device in local mode: the local target routes are open then.
+	LocalMode func() bool
 	// LinkHealthy, when the agent has a fleet server, says whether its
 	// polling is stuck; GET /v1/healthy fails then.
 	LinkHealthy func() error
@@ -160,6 +163,12 @@ func New(a Agent, opts Options) *Server {
 	return s
 }
 
+// local reports whether the target is set through this API: local mode
+// by flag, or by the fleet's device config.
+func (s *Server) local() bool {
+	return s.opts.Local || (s.opts.LocalMode != nil && s.opts.LocalMode())
+}
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 func (s *Server) ping(w http.ResponseWriter, _ *http.Request, _ caller) {
@@ -224,7 +233,7 @@ type DeviceInfo struct {
 
 func (s *Server) deviceInfo(w http.ResponseWriter, _ *http.Request, _ caller) {
 	httpx.WriteJSON(w, http.StatusOK, DeviceInfo{Status: "success", UUID: s.agent.UUID(), Name: s.agent.DeviceName(),
-		DeviceType: s.agent.DeviceType(), Local: s.opts.Local, Version: reeve.Version})
+		DeviceType: s.agent.DeviceType(), Local: s.local(), Version: reeve.Version})
 }
 
 // TargetResponse is the body of GET /v2/local/target-state.
@@ -246,8 +255,8 @@ type SetTargetResponse struct {
 }
 
 func (s *Server) setTarget(w http.ResponseWriter, r *http.Request, _ caller) {
-	if !s.opts.Local {
-		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeForbidden, "local mode is off: the fleet server sets this device's target; start the agent with --local to set it here"))
+	if !s.local() {
+		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeForbidden, "local mode is off: the fleet server sets this device's target; start the agent with --local, or set REEVE_SUPERVISOR_LOCAL_MODE=1 for the device on its fleet server, to set it here"))
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {

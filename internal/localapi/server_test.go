@@ -112,6 +112,12 @@ func TestSetTargetOnlyInLocalMode(t *testing.T) {
 	if f.sets != 0 {
 		t.Fatal("target stored outside local mode")
 	}
+	// The fleet can put the device in local mode through its config.
+	fleetLocal := New(f, Options{LocalMode: func() bool { return true }})
+	resp, body = do(t, fleetLocal, "POST", "/v2/local/target-state", "application/json", goodTarget)
+	if resp.StatusCode != http.StatusOK || f.sets != 1 {
+		t.Fatalf("in local mode set by the fleet: status %d body %s, %d targets stored", resp.StatusCode, body, f.sets)
+	}
 }
 
 func TestRoutes(t *testing.T) {
