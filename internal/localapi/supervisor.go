@@ -235,11 +235,13 @@ func (s *Server) v1Start(w http.ResponseWriter, r *http.Request, c caller) {
 		httpx.WriteError(w, s.log, err)
 		return
 	}
-	if _, err := readForce(w, r); err != nil {
+	force, err := readForce(w, r)
+	if err != nil {
 		httpx.WriteError(w, s.log, err)
 		return
 	}
-	if uuid, app := s.act(w, r, c, id, false, false, "started", func(ctx context.Context, app string) error {
+	// Starting changes what runs, so a held update lock stops it too.
+	if uuid, app := s.act(w, r, c, id, true, force, "started", func(ctx context.Context, app string) error {
 		return s.agent.StartApp(ctx, app)
 	}); uuid != "" {
 		httpx.WriteJSON(w, http.StatusOK, s.containerOf(app, uuid))
@@ -624,19 +626,22 @@ func (s *Server) serviceAction(act serviceAct) handler {
 			httpx.WriteError(w, s.log, err)
 			return
 		}
+		verb := map[serviceAct]string{actStart: "started", actStop: "stopped"}[act]
+		if verb == "" {
+			verb = "restarted"
+		}
+		// Every one of them changes what runs: a held update lock stops it.
+		if s.locked(uuid, force) {
+			httpx.WriteError(w, s.log, lockedError(app, fmt.Sprintf("service %s was not %s", name, verb)))
+			return
+		}
 		switch act {
 		case actStart:
 			err = s.agent.StartService(r.Context(), uuid, name)
+		case actStop:
+			err = s.agent.StopService(r.Context(), uuid, name, force)
 		default:
-			verb, do := "restarted", s.agent.RestartService
-			if act == actStop {
-				verb, do = "stopped", s.agent.StopService
-			}
-			if s.locked(uuid, force) {
-				httpx.WriteError(w, s.log, lockedError(app, fmt.Sprintf("service %s was not %s", name, verb)))
-				return
-			}
-			err = do(r.Context(), uuid, name, force)
+			err = s.agent.RestartService(r.Context(), uuid, name, force)
 		}
 		if err != nil {
 			httpx.WriteError(w, s.log, err)
