@@ -44,8 +44,9 @@ type Config struct {
 	// Agent tunes the apply loop; DataDir, Runtime and Logger are filled in.
 	Agent agent.Config
 	// RebootCommand and ShutdownCommand are what POST /v1/reboot and
-	// /v1/shutdown run (after checking update locks). Default: systemctl
-	// reboot, systemctl poweroff.
+	// /v1/shutdown run (after checking update locks). Default: logind's
+	// Reboot and PowerOff over the system D-Bus (busctl) where there is
+	// one, else systemctl reboot and poweroff.
 	RebootCommand   []string
 	ShutdownCommand []string
 	// Link tunes the fleet-server link; Config, DataDir, Agent, Logger and
@@ -127,8 +128,8 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		return nil, err
 	}
 	opts := localapi.Options{Local: cfg.Local, Logger: cfg.Logger,
-		Reboot:   hostCommand(cfg.RebootCommand, "systemctl", "reboot"),
-		Shutdown: hostCommand(cfg.ShutdownCommand, "systemctl", "poweroff")}
+		Reboot:   hostCommand(cfg.RebootCommand, powerCommand("Reboot", exec.LookPath, fileExists)),
+		Shutdown: hostCommand(cfg.ShutdownCommand, powerCommand("PowerOff", exec.LookPath, fileExists))}
 	var link *fleetlink.Link
 	if conf != nil {
 		lc := cfg.Link
@@ -264,9 +265,29 @@ func loadDeviceConfig(path string) (*fleetlink.Config, error) {
 	return conf, nil
 }
 
+// logindBus is the system bus socket logind listens on.
+const logindBus = "/run/dbus/system_bus_socket"
+
+// powerCommand is the default command for a logind power method (Reboot,
+// PowerOff): a call to logind over the system D-Bus where there is one
+// (busctl), else systemctl, which asks systemd.
+func powerCommand(method string, lookPath func(string) (string, error), exists func(string) bool) []string {
+	if _, err := lookPath("busctl"); err == nil && exists(logindBus) {
+		return []string{"busctl", "call", "org.freedesktop.login1", "/org/freedesktop/login1",
+			"org.freedesktop.login1.Manager", method, "b", "false"}
+	}
+	verb := map[string]string{"Reboot": "reboot", "PowerOff": "poweroff"}[method]
+	return []string{"systemctl", verb}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 // hostCommand returns a function that runs command (or the default) on the
 // host and says what it printed when it fails.
-func hostCommand(command []string, def ...string) func(context.Context) error {
+func hostCommand(command []string, def []string) func(context.Context) error {
 	if len(command) == 0 {
 		command = def
 	}
