@@ -13,12 +13,14 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/volume"
 	"github.com/moby/moby/client"
 
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/runtime"
 )
 
 // A volume's data survives a change of definition through a backup volume
@@ -367,19 +369,11 @@ func (r *Runtime) copyVolume(ctx context.Context, from, to string) error {
 	mu := helperLock(r.managed)
 	mu.RLock()
 	defer mu.RUnlock()
-	image, err := r.helperImage(ctx)
-	if err != nil {
-		return err
-	}
-	src, err := r.createHelper(ctx, image, from)
+	src, dst, err := r.createHelpers(ctx, from, to)
 	if err != nil {
 		return err
 	}
 	defer r.removeHelper(ctx, src)
-	dst, err := r.createHelper(ctx, image, to)
-	if err != nil {
-		return err
-	}
 	defer r.removeHelper(ctx, dst)
 
 	res, err := r.c.CopyFromContainer(ctx, src, client.CopyFromContainerOptions{SourcePath: "/v/."})
@@ -495,6 +489,37 @@ func (r *Runtime) helperImage(ctx context.Context) (string, error) {
 		return items[i].ID < items[j].ID
 	})
 	return items[0].ID, nil
+}
+
+// createHelpers creates the two helper containers of a copy. The image
+// they are made from is any image on the engine, which something else (an
+// image cleanup) may remove between the listing and the create: then
+// another image is picked.
+func (r *Runtime) createHelpers(ctx context.Context, from, to string) (src, dst string, err error) {
+	for attempt := 0; ; attempt++ {
+		image, err := r.helperImage(ctx)
+		if err != nil {
+			return "", "", err
+		}
+		src, err = r.createHelper(ctx, image, from)
+		if err == nil {
+			dst, err = r.createHelper(ctx, image, to)
+			if err == nil {
+				return src, dst, nil
+			}
+			r.removeHelper(ctx, src)
+		}
+		if attempt < 3 && errors.Is(err, runtime.ErrNotFound) && r.imageGone(ctx, image) {
+			continue
+		}
+		return "", "", err
+	}
+}
+
+// imageGone reports whether the engine no longer has the image.
+func (r *Runtime) imageGone(ctx context.Context, id string) bool {
+	_, err := r.c.ImageInspect(ctx, id)
+	return cerrdefs.IsNotFound(err)
 }
 
 // createHelper creates a helper container that mounts volume at /v.
