@@ -57,8 +57,8 @@ func (l *Link) pollLoop(ctx context.Context) {
 func (l *Link) pollOnce(ctx context.Context, p *poller) (kind string, next time.Duration, ok bool) {
 	l.beat()
 	defer l.beat()
-	interval := l.pollInterval()
 	dc := l.deviceConfig()
+	interval := dc.PollInterval
 	var wait time.Duration
 	if p.longPollMax > 0 && dc.InstantUpdates {
 		wait = min(interval, time.Duration(p.longPollMax)*time.Second, serverapi.MaxWait*time.Second)

@@ -210,26 +210,20 @@ func (s *Server) containerOf(app reeve.App, appUUID string) V1Container {
 // apps here; reeve stops them all) and answers with the container of the
 // first service.
 func (s *Server) v1Stop(w http.ResponseWriter, r *http.Request, c caller) {
-	id, err := pathAppID(r)
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	force, err := readForce(w, r)
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	if uuid, app := s.act(w, r, c, id, true, force, "stopped", func(ctx context.Context, app string) error {
-		return s.agent.StopApp(ctx, app, force)
-	}); uuid != "" {
-		httpx.WriteJSON(w, http.StatusOK, s.containerOf(app, uuid))
-	}
+	s.v1StopStart(w, r, c, "stopped", s.agent.StopApp)
 }
 
-// v1Start starts every service of the app again. Starting takes no lock:
-// force is read (balena's clients send it) and has no effect.
+// v1Start starts every service of the app again.
 func (s *Server) v1Start(w http.ResponseWriter, r *http.Request, c caller) {
+	s.v1StopStart(w, r, c, "started", func(ctx context.Context, app string, _ bool) error {
+		return s.agent.StartApp(ctx, app)
+	})
+}
+
+// v1StopStart is POST /v1/apps/{appId}/stop and /start. Both change what
+// runs, so a held update lock stops either unless forced.
+func (s *Server) v1StopStart(w http.ResponseWriter, r *http.Request, c caller, done string,
+	do func(ctx context.Context, appUUID string, force bool) error) {
 	id, err := pathAppID(r)
 	if err != nil {
 		httpx.WriteError(w, s.log, err)
@@ -240,9 +234,8 @@ func (s *Server) v1Start(w http.ResponseWriter, r *http.Request, c caller) {
 		httpx.WriteError(w, s.log, err)
 		return
 	}
-	// Starting changes what runs, so a held update lock stops it too.
-	if uuid, app := s.act(w, r, c, id, true, force, "started", func(ctx context.Context, app string) error {
-		return s.agent.StartApp(ctx, app)
+	if uuid, app := s.act(w, r, c, id, true, force, done, func(ctx context.Context, app string) error {
+		return do(ctx, app, force)
 	}); uuid != "" {
 		httpx.WriteJSON(w, http.StatusOK, s.containerOf(app, uuid))
 	}
