@@ -173,6 +173,40 @@ func TestBackupNameNeverAReleaseVolume(t *testing.T) {
 	}
 }
 
+// A helper container created by an attempt cut short can land in the
+// engine after the attempt gave up, and the engine makes the volume it
+// mounts: a volume at the backup's name without labels. It holds nothing
+// that is not in the original, so ReplaceVolume drops it and goes on.
+func TestReplaceVolumeDropsUnlabelledBackupLeftover(t *testing.T) {
+	s := newVolumeSetup(t, "reeve/leftover")
+	ctx := testCtx(t)
+	uuid := app(t, s.cli)
+	def1 := reeve.Volume{Labels: map[string]string{"generation": "1"}}
+	if err := s.rt.CreateVolume(ctx, reeve.VolumeSpec{AppUUID: uuid, Name: "data", Volume: def1}); err != nil {
+		t.Fatal(err)
+	}
+	vol := uuid + "_data"
+	writeVolume(t, s.cli, s.image, vol, map[string]string{"a.txt": "alpha"})
+	leftover := docker.BackupName(vol)
+	s.mk(t, leftover, nil)
+	writeVolume(t, s.cli, s.image, leftover, map[string]string{"a.txt": "half"})
+	removeHelpers(t, s.cli, s.image)
+
+	def2 := reeve.Volume{Labels: map[string]string{"generation": "2"}}
+	if err := s.rt.ReplaceVolume(ctx, reeve.VolumeSpec{AppUUID: uuid, Name: "data", Volume: def2}); err != nil {
+		t.Fatalf("ReplaceVolume over an unlabelled leftover: %v", err)
+	}
+	if diff := cmp.Diff(map[string]string{"a.txt": "600 1234:5678 alpha"}, volumeFiles(t, s.cli, s.image, vol)); diff != "" {
+		t.Errorf("volume content (-want +got):\n%s", diff)
+	}
+	if h, ok := s.listed(t, uuid, "data"); !ok || h != def2.ConfigHash() {
+		t.Errorf("after ReplaceVolume: listed %v hash %s, want %s", ok, h, def2.ConfigHash())
+	}
+	if _, err := s.cli.VolumeInspect(ctx, leftover, client.VolumeInspectOptions{}); err == nil {
+		t.Error("a backup volume is still there after the replace completed")
+	}
+}
+
 // rootMeta is the owner and mode of a volume's root directory.
 func rootMeta(t *testing.T, cli *client.Client, image, vol string) string {
 	t.Helper()

@@ -145,7 +145,10 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 	if err := r.copyVolume(ctx, name, bname); err != nil {
 		return fmt.Errorf("replace volume %s: back up: %w", name, err)
 	}
-	// (2) remove the original.
+	// (2) remove the original, once the backup is sure to be there still.
+	if err := r.checkBackup(ctx, name, backup); err != nil {
+		return err
+	}
 	if err := r.removeVolume(ctx, name); err != nil {
 		return fmt.Errorf("replace volume %s: remove old volume: %w", name, err)
 	}
@@ -157,13 +160,18 @@ func (r *Runtime) ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) erro
 }
 
 // createBackup makes the empty backup volume of step (1). The engine
-// answers a create of a name that exists with the volume that exists; when
-// that is a backup of this volume made by an earlier attempt (one cut
-// short, whose create the engine finished after the caller had given up),
-// the original is still whole, so that backup is dropped and made again.
-// Anything else of that name is not touched.
+// answers a create of a name that exists with the volume that exists, and
+// it finishes requests of an attempt that was cut short (a killed agent, a
+// deadline) after the caller gave up: a late create of a helper container
+// even makes the volume it mounts, without labels, and a late remove can
+// take away the backup just made. None of those is the only copy of
+// anything (the original is still whole until its backup is complete), so
+// such a volume is dropped and the backup made again, a few times, with a
+// pause for stragglers to land. A volume of that name that is a backup of
+// something else is not touched. The reeve.backup_ prefix is reeve's.
 func (r *Runtime) createBackup(ctx context.Context, spec reeve.VolumeSpec, name, bname, oldHash string) (volume.Volume, error) {
-	for attempt := 0; ; attempt++ {
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
 		id := randomToken()
 		labels := map[string]string{
 			LabelBackupOf:   name,
@@ -178,23 +186,49 @@ func (r *Runtime) createBackup(ctx context.Context, spec reeve.VolumeSpec, name,
 		if err != nil {
 			return volume.Volume{}, fmt.Errorf("replace volume %s: %w", name, err)
 		}
+		leftover := ok && (isBackupOf(backup, name) || len(backup.Labels) == 0)
 		switch {
 		case ok && isBackupOf(backup, name) && backup.Labels[LabelBackupID] == id && backup.Labels[LabelBackupHash] == oldHash:
 			return backup, nil // ours: write only into the backup just made
-		case ok && isBackupOf(backup, name) && attempt < 3:
+		case ok && !leftover:
+			return volume.Volume{}, fmt.Errorf("replace volume %s: a volume named %s exists that is not its backup: not touching it", name, bname)
+		case attempt == attempts:
+			return volume.Volume{}, fmt.Errorf("replace volume %s: the backup volume %s keeps being changed by someone else: try again later", name, bname)
+		case leftover:
+			r.log.Info("dropping the backup volume of an earlier attempt", "volume", bname)
 			if err := r.removeVolume(ctx, bname); err != nil {
 				return volume.Volume{}, fmt.Errorf("replace volume %s: drop an earlier attempt's backup: %w", name, err)
 			}
-		default:
-			return volume.Volume{}, fmt.Errorf("replace volume %s: a volume named %s exists that is not its backup: not touching it", name, bname)
+		}
+		// !ok: a late remove took the backup just made.
+		select {
+		case <-ctx.Done():
+			return volume.Volume{}, r.wrap(ctx.Err(), "replace volume %s: create backup volume %s", name, bname)
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 		}
 	}
+}
+
+// checkBackup makes sure backup is still there, the same one: a copy from
+// a backup that vanished would make an empty volume in its place.
+func (r *Runtime) checkBackup(ctx context.Context, name string, backup volume.Volume) error {
+	now, ok, err := r.inspectVolume(ctx, backup.Name)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", name, err)
+	}
+	if !ok || !isBackupOf(now, name) || backupID(now) != backupID(backup) {
+		return fmt.Errorf("volume %s: its backup %s was removed or replaced meanwhile: the volume is left as it is", name, backup.Name)
+	}
+	return nil
 }
 
 // restore does (3)–(5): (re)create the volume from spec and copy the
 // complete backup into it, then drop the backup. exists says a partial
 // volume vol of that name is there.
 func (r *Runtime) restore(ctx context.Context, spec reeve.VolumeSpec, name string, backup, vol volume.Volume, exists bool) error {
+	if err := r.checkBackup(ctx, name, backup); err != nil {
+		return err
+	}
 	if exists {
 		if vol.Labels[LabelManaged] != r.managed {
 			return fmt.Errorf("restore volume %s: a volume of that name exists that is not reeve's", name)
