@@ -20,6 +20,7 @@ import (
 
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/fleetlink"
+	"reeve.dev/reeve/internal/httpx"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/runtime"
 	"reeve.dev/reeve/internal/runtime/docker"
@@ -196,9 +197,7 @@ func (m *Main) Run(ctx context.Context) error {
 func (m *Main) Close() error {
 	var errs []error
 	m.closeOnce.Do(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := m.srv.Shutdown(sctx); err != nil {
+		if err := httpx.Shutdown(m.srv, 5*time.Second, m.log); err != nil {
 			errs = append(errs, err)
 		}
 		m.wg.Wait()

@@ -173,6 +173,7 @@ type Link struct {
 	agent   Agent
 	uuid    string
 	client  *serverapi.Client // carries the device key
+	hc      *http.Client      // the client's connections, closed with the link
 	os      string            // os_version, read at New
 	metrics *metricsReader    // used by the report loop
 
@@ -241,6 +242,7 @@ func New(cfg LinkConfig) (*Link, error) {
 		agent:   cfg.Agent,
 		uuid:    conf.UUID,
 		client:  client,
+		hc:      hc,
 		os:      osVersion(cfg.HostRoot),
 		metrics: newMetricsReader(cfg.HostRoot, cfg.DataDir),
 		poke:    make(chan struct{}, 1),
@@ -282,6 +284,10 @@ func (l *Link) Close() error {
 		cancel()
 	}
 	l.wg.Wait()
+	// A connection the transport dialled for a request that another one
+	// served sits idle without having sent a byte; the server would wait
+	// for it when it shuts down.
+	l.hc.CloseIdleConnections()
 	return nil
 }
 

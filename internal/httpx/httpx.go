@@ -3,6 +3,7 @@
 package httpx
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"reeve.dev/reeve"
 )
@@ -114,4 +116,20 @@ func DecodeError(resp *http.Response) error {
 		return eb.Error
 	}
 	return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+}
+
+// Shutdown stops srv: it stops accepting, lets requests in flight finish
+// for up to grace, then closes what is left. Running out of grace is not a
+// failure of the caller: a client may hold a connection it never sends on
+// (the server counts it as busy for its first seconds), or a stream may not
+// end by itself; it is logged.
+func Shutdown(srv *http.Server, grace time.Duration, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Info("closing connections still open after the shutdown grace", "grace", grace)
+		err = srv.Close()
+	}
+	return err
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"reeve.dev/reeve/internal/httpx"
 	"reeve.dev/reeve/internal/server"
 	"reeve.dev/reeve/internal/serverapi"
 	"reeve.dev/reeve/internal/store/sqlite"
@@ -126,9 +127,7 @@ func (m *Main) Close() error {
 		// does not wait for them; then again once every request is done,
 		// to write the last-seen times they left.
 		errs = append(errs, m.srv.Close())
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := m.http.Shutdown(sctx); err != nil {
+		if err := httpx.Shutdown(m.http, 5*time.Second, m.log); err != nil {
 			errs = append(errs, err)
 		}
 		m.wg.Wait()
