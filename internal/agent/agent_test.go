@@ -38,6 +38,10 @@ func newFake() *fakeRuntime {
 func (f *fakeRuntime) Name() string                  { return "fake" }
 func (f *fakeRuntime) Ping(context.Context) error    { return nil }
 func (f *fakeRuntime) Cleanup(context.Context) error { return nil }
+func (f *fakeRuntime) Logs(ctx context.Context, _ string, _ time.Time, _ func(runtime.LogEntry) error) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
 func (f *fakeRuntime) Snapshot(context.Context) (reeve.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -25,6 +25,13 @@ func (p Progress) Percent() int {
 	return min(max(pc, 0), 100)
 }
 
+// LogEntry is one line a container wrote.
+type LogEntry struct {
+	Time    time.Time // the runtime's timestamp of the line
+	Stderr  bool
+	Message string // without its newline, cut to reeve.MaxLogLineBytes
+}
+
 // Auth is a credential for one registry.
 type Auth struct {
 	Username string
@@ -85,6 +92,15 @@ type Runtime interface {
 	// old volume or in a copy that CreateVolume restores.
 	ReplaceVolume(ctx context.Context, spec reeve.VolumeSpec) error
 	RemoveVolume(ctx context.Context, appUUID, name string) error
+
+	// Logs calls fn with each line container id writes whose timestamp is
+	// at or after since (the zero time: from its first line), in order,
+	// and goes on following it, across its restarts, until ctx ends
+	// (ctx.Err()), the container is removed (nil) or fn fails (that error).
+	// A container that never existed: ErrNotFound. A container whose
+	// output the runtime cannot read back (a log driver that keeps
+	// nothing): an error saying so.
+	Logs(ctx context.Context, id string, since time.Time, fn func(LogEntry) error) error
 
 	// Cleanup removes what reeve left behind and no longer needs (helper
 	// containers of interrupted volume copies). It removes no images:
