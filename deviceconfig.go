@@ -34,6 +34,11 @@ type DeviceConfig struct {
 	// PersistentLogging (PERSISTENT_LOGGING, 1 or 0, default off):
 	// validated; the agent does not act on it yet (logs are another issue).
 	PersistentLogging bool
+	// LogQueueMax (LOG_QUEUE_MAX_MB, MiB): the most disk the queue of log
+	// lines waiting for the server may take; over it the oldest lines go,
+	// and the server is told how many. Default 32 MiB; 1 MiB to 4 GiB
+	// (brought to the nearest end).
+	LogQueueMax int64
 }
 
 // Defaults of the device config.
@@ -41,13 +46,15 @@ const (
 	DefaultPollInterval      = time.Minute
 	MinPollInterval          = 10 * time.Second
 	DefaultAPIRequestTimeout = 30 * time.Second
+	DefaultLogQueueMax       = 32 << 20
 )
 
 var configPrefixes = []string{"REEVE_SUPERVISOR_", "BALENA_SUPERVISOR_", "RESIN_SUPERVISOR_"}
 
 // DefaultDeviceConfig is the device config with no variables set.
 func DefaultDeviceConfig() DeviceConfig {
-	return DeviceConfig{PollInterval: DefaultPollInterval, InstantUpdates: true, APIRequestTimeout: DefaultAPIRequestTimeout}
+	return DeviceConfig{PollInterval: DefaultPollInterval, InstantUpdates: true, APIRequestTimeout: DefaultAPIRequestTimeout,
+		LogQueueMax: DefaultLogQueueMax}
 }
 
 // ParseDeviceConfig reads the device config from a target's config
@@ -98,12 +105,32 @@ func ParseDeviceConfig(config map[string]string, defaults DeviceConfig) (DeviceC
 			*dst = time.Duration(ms) * time.Millisecond
 		}
 	}
+	mebibytes := func(name string, dst *int64, lo, hi int64) {
+		key, v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case err != nil || n <= 0:
+			warnings = append(warnings, fmt.Sprintf("%s=%q is not a number of MiB: using the default (%d)", key, v, *dst>>20))
+		case n < lo:
+			warnings = append(warnings, fmt.Sprintf("%s=%q is below the least the agent allows: using %d", key, v, lo))
+			*dst = lo << 20
+		case n > hi:
+			warnings = append(warnings, fmt.Sprintf("%s=%q is above the most the agent allows: using %d", key, v, hi))
+			*dst = hi << 20
+		default:
+			*dst = n << 20
+		}
+	}
 	millis("POLL_INTERVAL", &c.PollInterval, MinPollInterval, 24*time.Hour)
 	millis("API_REQUEST_TIMEOUT", &c.APIRequestTimeout, time.Second, 10*time.Minute)
 	boolean("INSTANT_UPDATES", &c.InstantUpdates)
 	boolean("OVERRIDE_LOCK", &c.OverrideLock)
 	boolean("LOCAL_MODE", &c.LocalMode)
 	boolean("PERSISTENT_LOGGING", &c.PersistentLogging)
+	mebibytes("LOG_QUEUE_MAX_MB", &c.LogQueueMax, 1, 4096)
 	sort.Strings(warnings)
 	return c, warnings
 }

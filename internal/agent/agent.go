@@ -59,6 +59,15 @@ type Config struct {
 	FetchBackoffMax time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// SystemLog, when set, is given the agent's own messages for the
+	// device's log (what it does to services, downloads, locks, failures)
+	// with the service they concern ("" for none). It must not block: it
+	// is called from the apply loop, sometimes with the agent's lock held.
+	SystemLog func(service, message string)
+	// Observe, when set, is given every snapshot the apply loop reads of
+	// the runtime (the log collector follows the containers it lists).
+	// It must not block.
+	Observe func(reeve.Snapshot)
 }
 
 func (c *Config) defaults() error {
@@ -135,7 +144,12 @@ type Agent struct {
 	status      Status
 	loopAlive   time.Time
 	ov          overrides // the API's temporary changes to the target
-	apiKey      string    // device-wide API key
+	// What the device's log was last told of: containers by ID, apps
+	// whose update waits for a lock, and who holds each app's locks.
+	seenContainers map[string]reeve.ServiceState
+	lockedApps     map[string]bool
+	lockHolders    map[string][]string
+	apiKey         string // device-wide API key
 
 	actMu      sync.Mutex // one API action at a time
 	appKeySeed string     // app API keys are derived from it

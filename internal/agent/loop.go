@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -127,6 +128,9 @@ func (a *Agent) applyOnce(ctx context.Context) (outcome, error) {
 		a.setRuntimeError(err)
 		return 0, fmt.Errorf("read %s state: %w", a.rt.Name(), err)
 	}
+	if a.cfg.Observe != nil {
+		a.cfg.Observe(snap)
+	}
 	env, err := a.planEnv(bctx, snap, dev, downloads)
 	if err != nil {
 		return 0, err
@@ -194,7 +198,9 @@ func (a *Agent) runBatch(ctx context.Context, batch []engine.Step, env engine.En
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			a.logStep(s, false, nil)
 			errs[i] = a.execute(ctx, s, env)
+			a.logStep(s, true, errs[i])
 		}()
 	}
 	wg.Wait()
@@ -327,19 +333,25 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 			apps[app] = map[string]bool{}
 		}
 	}
+	holders := map[string][]string{}
 	for app, svcs := range apps {
 		ls := env.Locks[app]
 		for svc := range svcs {
 			dir := a.lockDir(app, svc)
 			if held, ours := a.lockHolder(dir); held && !ours && !forced[app] {
 				ls.HeldByUser = true
+				holders[app] = append(holders[app], svc)
 			}
 			if _, err := os.Stat(filepath.Join(dir, handoverFile)); err == nil {
 				env.HandoverDone[svcKey(app, svc)] = true
 			}
 		}
 		env.Locks[app] = ls
+		slices.Sort(holders[app])
 	}
+	a.mu.Lock()
+	a.lockHolders = holders
+	a.mu.Unlock()
 	return env, nil
 }
 
@@ -377,10 +389,16 @@ func (a *Agent) startFetch(ctx context.Context, s engine.Step) {
 		err := a.db.addOwnedImage(fctx, ref)
 		if err == nil {
 			a.log.Info("downloading image", "image", ref, "service", s.Service)
+			a.sys(s.Service, "Downloading image %s for service %s", ref, s.Service)
+			milestone := 0
 			progress := func(p runtime.Progress) {
 				a.mu.Lock()
 				f.progress = p
 				a.mu.Unlock()
+				if m := downloadMilestone(p.Percent()); m > milestone && m < 100 {
+					milestone = m
+					a.sys(s.Service, "Downloading image for service %s: %d %%", s.Service, m)
+				}
 			}
 			err = a.rt.Fetch(fctx, ref, progress)
 			if errors.Is(err, runtime.ErrNoSpace) && a.makeRoom(fctx, ref) {
@@ -407,8 +425,10 @@ func (a *Agent) startFetch(ctx context.Context, s engine.Step) {
 		a.mu.Unlock()
 		if err != nil && fctx.Err() == nil {
 			a.log.Warn("download failed", "image", ref, "err", err)
+			a.sys(s.Service, "Failed to download image %s: %v", ref, err)
 		} else if err == nil {
 			a.log.Info("downloaded image", "image", ref)
+			a.sys(s.Service, "Downloaded image %s", ref)
 		}
 		a.Wake()
 	}()

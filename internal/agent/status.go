@@ -107,6 +107,7 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 	var out []ServiceStatus
 	seen := map[string]bool{}
 	locked := false
+	lockedApps := map[string]bool{}
 	for _, appUUID := range sortedAppKeys(dev.Apps) {
 		app := dev.Apps[appUUID]
 		commit, rel, ok := app.Release()
@@ -179,6 +180,7 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 			if lock.HeldByUser && !env.Force && match == nil && old != nil {
 				st.Detail = "update locked by a service"
 				locked = true
+				lockedApps[appUUID] = true
 			}
 			if r, ok := waits[k]; ok {
 				st.Detail = r
@@ -213,6 +215,8 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 		return out[i].Service < out[j].Service
 	})
 	a.status.Services = out
+	a.noteContainers(snap.Containers)
+	a.noteLocked(lockedApps)
 	_, a.status.ConfigWarnings = reeve.ParseDeviceConfig(dev.Config, reeve.DefaultDeviceConfig())
 	a.status.TargetVersion = version
 	a.status.RuntimeError = ""

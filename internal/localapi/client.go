@@ -35,31 +35,9 @@ func NewClient(addr string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd *bytes.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	} else {
-		rd = bytes.NewReader(nil)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	key := c.key
-	if key == "" && c.keyFrom != "" {
-		if key, err = ReadKeyFile(c.keyFrom); err != nil {
-			return err
-		}
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -76,6 +54,37 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("read answer of %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// newRequest makes a request with body as JSON and the client's key.
+func (c *Client) newRequest(ctx context.Context, method, path string, body any) (*http.Request, error) {
+	var rd *bytes.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	} else {
+		rd = bytes.NewReader(nil)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	key := c.key
+	if key == "" && c.keyFrom != "" {
+		if key, err = ReadKeyFile(c.keyFrom); err != nil {
+			return nil, err
+		}
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	return req, nil
 }
 
 // WithKey returns a client that sends key, the agent's API key (the

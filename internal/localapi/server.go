@@ -14,6 +14,7 @@ import (
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/httpx"
+	"reeve.dev/reeve/internal/logship"
 )
 
 // MaxTargetBytes bounds a target state sent to the agent.
@@ -74,6 +75,9 @@ type Options struct {
 	// server (GET and PATCH /v2/device/tags). Nil: 503 (local mode).
 	Tags      func(ctx context.Context) (reeve.Tags, error)
 	PatchTags func(ctx context.Context, patch map[string]*string) (reeve.Tags, error)
+	// Logs is the agent's in-memory view of its log (GET /v2/local/logs).
+	// Nil: 503.
+	Logs *logship.Tail
 }
 
 // Server serves the local API.
@@ -105,6 +109,7 @@ func New(a Agent, opts Options) *Server {
 		{"GET", "/v2/local/device-info", anyKey, s.deviceInfo},
 		{"GET", "/v2/local/target-state", deviceKey, s.getTarget},
 		{"POST", "/v2/local/target-state", deviceKey, s.setTarget},
+		{"GET", "/v2/local/logs", deviceKey, s.logs},
 
 		// balena's supervisor API v1.
 		{"POST", "/v1/update", anyKey, s.update},

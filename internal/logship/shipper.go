@@ -1,0 +1,323 @@
+package logship
+
+import (
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"reeve.dev/reeve"
+)
+
+// Source is what the shipper reads: the disk queue.
+type Source interface {
+	// Read returns up to max records (about maxBytes) with Seq > after.
+	Read(after uint64, max, maxBytes int) ([]Record, error)
+	// Wait is closed when records with Seq > after exist.
+	Wait(after uint64) <-chan struct{}
+	// Ack marks every record up to through as shipped.
+	Ack(through uint64) error
+	// Acked is the last record shipped.
+	Acked() uint64
+	// Stream names the queue's stream of lines for the server.
+	Stream() string
+}
+
+// Upload sends one request's body (gzip-compressed NDJSON lines) to the
+// server and returns once the server has answered: nil means every line of
+// the body is stored.
+type Upload func(ctx context.Context, stream string, body io.Reader) error
+
+// ShipperConfig configures a Shipper. Zero values get the defaults.
+type ShipperConfig struct {
+	Source Source
+	Upload Upload
+	Logger *slog.Logger
+	// FlushInterval is the least time between two flushes of a request's
+	// body: lines gather meanwhile. Default 100 ms.
+	FlushInterval time.Duration
+	// IdleEnd ends a request when no line came for this long; MaxAge and
+	// MaxBytes end it anyway, so that the server's answer acknowledges
+	// lines often. Defaults 1 s, 10 s, 4 MiB.
+	IdleEnd  time.Duration
+	MaxAge   time.Duration
+	MaxBytes int
+	// BackoffMin and BackoffMax bound the wait after a failed request.
+	// Defaults 1 s and 2 min.
+	BackoffMin time.Duration
+	BackoffMax time.Duration
+}
+
+func (c *ShipperConfig) defaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 100 * time.Millisecond
+	}
+	if c.IdleEnd <= 0 {
+		c.IdleEnd = time.Second
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 10 * time.Second
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 4 << 20
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 2 * time.Minute
+	}
+}
+
+// ShipperStatus is what the shipper has done.
+type ShipperStatus struct {
+	Shipped   uint64    `json:"shipped"`              // the last line the server has
+	LastError string    `json:"last_error,omitempty"` // of the last request, "" when it succeeded
+	RetryAt   time.Time `json:"retry_at,omitzero"`
+}
+
+// Shipper streams the queue's lines to the server: each request carries
+// the lines not yet acknowledged, flushed as they come, and once the server
+// answers they are acknowledged in the queue. Shipping is at least once;
+// the server drops lines it has by their stream and sequence number.
+type Shipper struct {
+	cfg    ShipperConfig
+	log    *slog.Logger
+	mu     sync.Mutex
+	status ShipperStatus
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewShipper makes a shipper; Start runs it.
+func NewShipper(cfg ShipperConfig) *Shipper {
+	cfg.defaults()
+	return &Shipper{cfg: cfg, log: cfg.Logger.With("component", "logship")}
+}
+
+// Start ships until Close or ctx ends.
+func (s *Shipper) Start(ctx context.Context) {
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.done = make(chan struct{})
+	s.status.Shipped = s.cfg.Source.Acked()
+	go func() {
+		defer close(s.done)
+		s.run(ctx)
+	}()
+}
+
+// Close stops shipping; lines not acknowledged stay queued.
+func (s *Shipper) Close() error {
+	if s.cancel != nil {
+		s.cancel()
+		<-s.done
+	}
+	return nil
+}
+
+// Status returns what the shipper has done.
+func (s *Shipper) Status() ShipperStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Shipper) run(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		acked := s.cfg.Source.Acked()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Source.Wait(acked):
+		}
+		sent, err := s.request(ctx, acked)
+		if ctx.Err() != nil {
+			return
+		}
+		if refused(err) {
+			// Sending the same lines again would be refused again, and
+			// every line after them would wait for ever: they are given
+			// up, loudly.
+			s.log.Error("the server refused log lines: they are dropped", "from_seq", acked+1, "to_seq", sent, "err", err)
+			err = nil
+		}
+		if err == nil {
+			if sent > acked {
+				err = s.cfg.Source.Ack(sent)
+			}
+			if err == nil {
+				failures = 0
+				s.mu.Lock()
+				s.status = ShipperStatus{Shipped: sent}
+				s.mu.Unlock()
+				continue
+			}
+		}
+		failures++
+		wait := backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)
+		s.log.Warn("shipping logs failed", "err", err, "retry_in", wait.Round(time.Millisecond))
+		s.mu.Lock()
+		s.status.LastError, s.status.RetryAt = err.Error(), time.Now().Add(wait)
+		s.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// request sends the lines after acked in one streamed request and returns
+// the last one sent once the server has answered.
+func (s *Shipper) request(ctx context.Context, acked uint64) (uint64, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	answered := make(chan error, 1)
+	go func() {
+		err := s.cfg.Upload(rctx, s.cfg.Source.Stream(), pr)
+		pr.CloseWithError(errors.New("the request ended"))
+		answered <- err
+	}()
+	sent, werr := s.write(rctx, pw, acked, answered)
+	if werr != nil {
+		pw.CloseWithError(werr)
+		cancel()
+		<-answered
+		return acked, werr
+	}
+	pw.Close()
+	select {
+	case err := <-answered:
+		return sent, err
+	case <-ctx.Done():
+		return acked, ctx.Err()
+	}
+}
+
+// refused reports whether the server refused a request for what it
+// carried (not for who sent it or when).
+func refused(err error) bool {
+	c := reeve.ErrorCode(err)
+	return c == reeve.CodeInvalid || c == reeve.CodeTooLarge
+}
+
+// errAnswered is a write that found the request already answered.
+var errAnswered = errors.New("the server answered before the body ended")
+
+// write streams records into the request body until the request has
+// lasted MaxAge, carried MaxBytes, or no line came for IdleEnd.
+func (s *Shipper) write(ctx context.Context, w io.Writer, after uint64, answered chan error) (uint64, error) {
+	gz := gzip.NewWriter(w)
+	enc := json.NewEncoder(gz)
+	start := time.Now()
+	sent, size := after, 0
+	lastFlush := time.Time{}
+	for {
+		recs, err := s.cfg.Source.Read(sent, 500, 256<<10)
+		if err != nil {
+			return after, fmt.Errorf("read the log queue: %w", err)
+		}
+		for _, r := range recs {
+			line := r.LogLine
+			line.Message = reeve.TruncateLogMessage(line.Message)
+			if err := enc.Encode(line); err != nil {
+				return after, s.writeErr(err, answered)
+			}
+			sent = r.Seq
+			size += len(line.Message) + 64
+		}
+		if len(recs) > 0 {
+			// Flushes are at least FlushInterval apart: lines that come
+			// meanwhile go out together.
+			if wait := s.cfg.FlushInterval - time.Since(lastFlush); wait > 0 && !lastFlush.IsZero() {
+				if !sleep(ctx, wait) {
+					return after, ctx.Err()
+				}
+				continue // take what came meanwhile into this flush
+			}
+			if err := gz.Flush(); err != nil {
+				return after, s.writeErr(err, answered)
+			}
+			lastFlush = time.Now()
+		}
+		if time.Since(start) >= s.cfg.MaxAge || size >= s.cfg.MaxBytes {
+			break
+		}
+		if len(recs) > 0 {
+			continue // more may be queued already
+		}
+		idle := time.NewTimer(s.cfg.IdleEnd)
+		select {
+		case <-s.cfg.Source.Wait(sent):
+			idle.Stop()
+			continue
+		case <-idle.C:
+		case err := <-answered:
+			idle.Stop()
+			answered <- err // for request() to read
+			if err == nil {
+				err = errAnswered
+			}
+			return after, err
+		case <-ctx.Done():
+			idle.Stop()
+			return after, ctx.Err()
+		}
+		break
+	}
+	if err := gz.Close(); err != nil {
+		return after, s.writeErr(err, answered)
+	}
+	return sent, nil
+}
+
+// writeErr explains a failed write into the body: usually the request
+// ended, and its error says why.
+func (s *Shipper) writeErr(err error, answered chan error) error {
+	select {
+	case aerr := <-answered:
+		answered <- aerr
+		if aerr != nil {
+			return aerr
+		}
+		return errAnswered
+	default:
+		return err
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff is the wait after n failures in a row: doubling from minD, capped
+// at maxD, with up to 20 % jitter so that a fleet that lost its server
+// does not come back all at once.
+func backoff(minD, maxD time.Duration, n int) time.Duration {
+	d := minD
+	for i := 1; i < n && d < maxD; i++ {
+		d *= 2
+	}
+	d = min(d, maxD)
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
