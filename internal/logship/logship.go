@@ -5,9 +5,8 @@
 package logship
 
 import (
-	"time"
-
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/runtime"
 )
 
 // Record is a line in the agent's log queue: the line as it is shipped,
@@ -21,30 +20,9 @@ type Record struct {
 	Container string `json:"container,omitempty"`
 }
 
-// Cursor is where collection of one container's output stands: the
-// runtime timestamp of the last line taken, and how many lines with
-// exactly that timestamp were taken (lines can share one).
-type Cursor struct {
-	Time  time.Time `json:"time"`
-	Count int       `json:"count"`
-}
-
-// After reports whether a line with timestamp t, the n-th (from 1) of the
-// lines with that timestamp, comes after the cursor: it was not taken yet.
-func (c Cursor) After(t time.Time, n int) bool {
-	return t.After(c.Time) || (t.Equal(c.Time) && n > c.Count)
-}
-
-// Advance returns the cursor after taking a line with timestamp t.
-func (c Cursor) Advance(t time.Time) Cursor {
-	if t.Equal(c.Time) {
-		return Cursor{Time: c.Time, Count: c.Count + 1}
-	}
-	if t.After(c.Time) {
-		return Cursor{Time: t, Count: 1}
-	}
-	return c // a line from the past (a clock step): the cursor stays
-}
+// Cursor is where collection of one container's output stands, per
+// stream (see runtime.LogCursor).
+type Cursor = runtime.LogCursor
 
 // Sink is where the collector puts lines: the disk queue on a device that
 // ships to a server.
@@ -55,4 +33,10 @@ type Sink interface {
 	// Cursors returns, per container, the cursor after the last line of
 	// it the sink has taken.
 	Cursors() map[string]Cursor
+}
+
+// Status says how shipping the device's log is doing.
+type Status struct {
+	Queue   QueueStats     `json:"queue"`
+	Shipper *ShipperStatus `json:"shipper,omitempty"`
 }

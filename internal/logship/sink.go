@@ -25,7 +25,7 @@ func (m *MemorySink) Append(recs []Record) error {
 		m.seq++
 		recs[i].Seq = m.seq
 		if c := recs[i].Container; c != "" {
-			m.cursors[c] = m.cursors[c].Advance(recs[i].Timestamp)
+			m.cursors[c] = m.cursors[c].Advance(recs[i].Stderr, recs[i].Timestamp)
 		}
 	}
 	return nil

@@ -20,6 +20,9 @@
 //	TESTPROG_LINE_INTERVAL=<dur>  ... one every <dur> (default 0)
 //	TESTPROG_STDERR=1             with TESTPROG_LINES: odd lines to stdout, even
 //	                              lines to stderr
+//	TESTPROG_LINE_BYTES=<n>       with TESTPROG_LINES: pad each line with "x"
+//	                              to <n> bytes (without its newline), e.g.
+//	                              "line 1 xxxx…" (lines longer than a log keeps)
 //	TESTPROG_WRITE=<path>=<text>  at start, append <text>+"\n" to <path>,
 //	                              creating its directories (e.g. in a volume)
 //	TESTPROG_STARTLOG=<path>      at start, append "<name> <RFC3339Nano time>\n"
@@ -163,6 +166,12 @@ func serve() {
 		}
 		interval := duration("TESTPROG_LINE_INTERVAL")
 		toStderr := os.Getenv("TESTPROG_STDERR") == "1"
+		pad := 0
+		if s := os.Getenv("TESTPROG_LINE_BYTES"); s != "" {
+			if pad, err = strconv.Atoi(s); err != nil || pad < 0 {
+				fail("TESTPROG_LINE_BYTES=%q: want a number >= 0", s)
+			}
+		}
 		if n > 0 {
 			linesDone.Add(1)
 		}
@@ -172,7 +181,11 @@ func serve() {
 				if toStderr && i%2 == 0 {
 					out = os.Stderr
 				}
-				fmt.Fprintf(out, "line %d\n", i)
+				line := fmt.Sprintf("line %d", i)
+				if len(line) < pad {
+					line += " " + strings.Repeat("x", pad-len(line)-1)
+				}
+				fmt.Fprintln(out, line)
 				if n == 0 || i < n {
 					time.Sleep(interval)
 				}
