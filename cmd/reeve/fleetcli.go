@@ -25,7 +25,7 @@ import (
 func fleetCommands() []*cobra.Command {
 	cmds := []*cobra.Command{
 		fleetCmd(), keyCmd(), pushCmd(), releasesCmd(),
-		devicesCmd(), deviceCmd(), varCmd(reeve.VarEnv), varCmd(reeve.VarConfig),
+		devicesCmd(), deviceCmd(), varCmd(reeve.VarEnv), varCmd(reeve.VarConfig), logsCmd(),
 	}
 	for _, c := range cmds {
 		c.PersistentFlags().String("server", "", "fleet server `URL` (default: $REEVE_SERVER, else the one reeve login saved)")

@@ -218,7 +218,7 @@ func (s *Server) RevokeDeviceKey(ctx context.Context, uuid string) error {
 	return err
 }
 
-// DeleteDevice removes a device and its variables.
+// DeleteDevice removes a device, its variables and its log lines.
 func (s *Server) DeleteDevice(ctx context.Context, uuid string) error {
 	d, err := s.device(ctx, uuid)
 	if err != nil {
@@ -227,6 +227,7 @@ func (s *Server) DeleteDevice(ctx context.Context, uuid string) error {
 	if err := s.st.DeleteDevice(ctx, uuid); err != nil {
 		return err
 	}
+	s.deleteDeviceLogs(ctx, uuid)
 	s.hub.notify(d.FleetID)
 	return nil
 }

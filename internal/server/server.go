@@ -30,6 +30,9 @@ type Options struct {
 	// SeenFlushInterval is how often last-seen times kept in memory are
 	// written to the store. Default 2 s.
 	SeenFlushInterval time.Duration
+	// Logs keeps device logs (see logs.go); nil: the server keeps none.
+	// Its owner starts and closes it.
+	Logs *Logs
 }
 
 // Server is the fleet logic. Start it to flush last-seen times; Close

@@ -36,6 +36,7 @@ func NewHandler(s *server.Server, log *slog.Logger) *Handler {
 	m.HandleFunc("PATCH /device/v3/state", h.report)
 	m.HandleFunc("GET /device/v3/{uuid}/tags", h.deviceTags)
 	m.HandleFunc("PATCH /device/v3/{uuid}/tags", h.patchDeviceTags)
+	m.HandleFunc("POST /device/v2/{uuid}/log-stream", h.logStream)
 	// Operator API.
 	op := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
 		h.opRoutes = append(h.opRoutes, pattern)
@@ -60,6 +61,7 @@ func NewHandler(s *server.Server, log *slog.Logger) *Handler {
 	op("DELETE /api/v1/devices/{uuid}/key", h.revokeDeviceKey)
 	op("PUT /api/v1/devices/{uuid}/tags/{key}", h.setTag)
 	op("DELETE /api/v1/devices/{uuid}/tags/{key}", h.deleteTag)
+	op("GET /api/v1/devices/{uuid}/logs", h.deviceLogs)
 	for _, kind := range []string{reeve.VarEnv, reeve.VarConfig} {
 		op("GET /api/v1/"+kind, h.vars(kind))
 		op("PUT /api/v1/"+kind, h.setVar(kind))

@@ -50,34 +50,47 @@ func New(ctx context.Context, path string) (*Store, error) {
 // open opens the store with a pool of readers read-only connections; with
 // none, reads share the writer's connection.
 func open(ctx context.Context, path string, readers int) (*Store, error) {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return nil, fmt.Errorf("read migrations: %w", err)
-	}
-	w, err := rsqlite.Open(ctx, path, sub)
+	w, r, err := openDBs(ctx, path, migrationFiles, "migrations", readers)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{w: w, r: w}
-	if readers > 0 {
-		r, err := rsqlite.OpenReader(ctx, path, readers)
-		if err != nil {
-			w.Close()
-			return nil, err
-		}
-		s.r = r
+	return &Store{w: w, r: r}, nil
+}
+
+// openDBs opens (creating and migrating with the goose files in dir of
+// migrations) the database at path: its one writer connection, and a pool
+// of readers read-only connections (r is w itself when readers is 0).
+func openDBs(ctx context.Context, path string, migrations fs.FS, dir string, readers int) (w, r *sql.DB, err error) {
+	sub, err := fs.Sub(migrations, dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read migrations: %w", err)
 	}
-	return s, nil
+	w, err = rsqlite.Open(ctx, path, sub)
+	if err != nil {
+		return nil, nil, err
+	}
+	if readers <= 0 {
+		return w, w, nil
+	}
+	r, err = rsqlite.OpenReader(ctx, path, readers)
+	if err != nil {
+		w.Close()
+		return nil, nil, err
+	}
+	return w, r, nil
+}
+
+// closeDBs closes what openDBs opened: the readers, then the writer.
+func closeDBs(w, r *sql.DB) error {
+	var err error
+	if r != w {
+		err = r.Close()
+	}
+	return errors.Join(err, w.Close())
 }
 
 // Close closes the readers, then the writer.
-func (s *Store) Close() error {
-	var err error
-	if s.r != s.w {
-		err = s.r.Close()
-	}
-	return errors.Join(err, s.w.Close())
-}
+func (s *Store) Close() error { return closeDBs(s.w, s.r) }
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -94,7 +107,13 @@ type scanner interface {
 // inTx runs fn in a write transaction and commits when fn returns nil. An
 // error from fn is returned as is.
 func (s *Store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+	return inTx(ctx, s.w, op, fn)
+}
+
+// inTx runs fn in a write transaction on w and commits when fn returns nil.
+// An error from fn is returned as is.
+func inTx(ctx context.Context, w *sql.DB, op string, fn func(tx *sql.Tx) error) error {
+	tx, err := w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
