@@ -17,6 +17,7 @@ import (
 	"reeve.dev/reeve/internal/compose"
 	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/localapi"
+	"reeve.dev/reeve/internal/logship"
 )
 
 func localCmd() *cobra.Command {
@@ -27,7 +28,7 @@ func localCmd() *cobra.Command {
 	cmd.PersistentFlags().String("device", localapi.DefaultAddress, "the agent's local API address")
 	cmd.PersistentFlags().String("api-key", "", "the agent's API key (default: $REEVE_API_KEY, else read from the agent's data directory)")
 	cmd.PersistentFlags().String("data", "/var/lib/reeve", "the agent's data directory, where its API key is")
-	cmd.AddCommand(localApplyCmd(), localStatusCmd(), localTargetCmd(), localRemoveCmd())
+	cmd.AddCommand(localApplyCmd(), localStatusCmd(), localTargetCmd(), localRemoveCmd(), localLogsCmd())
 	return cmd
 }
 
@@ -182,6 +183,7 @@ func localStatusCmd() *cobra.Command {
 				return enc.Encode(st.Status)
 			}
 			printFleetLink(cmd.OutOrStdout(), st.Fleet)
+			printLogShipping(cmd.OutOrStdout(), st.Logs)
 			printStatus(cmd.OutOrStdout(), st.Status)
 			return nil
 		},
@@ -215,6 +217,32 @@ func printFleetLink(w io.Writer, l *fleetlink.LinkStatus) {
 			fmt.Fprintf(w, "  %s\n", e)
 		}
 	}
+}
+
+// printLogShipping says how the device's log reaches the server, when
+// anything is amiss: lines waiting, lines dropped, the last failure.
+func printLogShipping(w io.Writer, l *logship.Status) {
+	if l == nil || (l.Queue.Lines < 100 && l.Queue.Dropped == 0 && (l.Shipper == nil || l.Shipper.LastError == "")) {
+		return
+	}
+	fmt.Fprintf(w, "log: %d lines waiting for the server (%s on disk)", l.Queue.Lines, humanBytes(l.Queue.Bytes))
+	if l.Queue.Dropped > 0 {
+		fmt.Fprintf(w, ", %d dropped since the queue was made (over its cap, or lost to damage)", l.Queue.Dropped)
+	}
+	fmt.Fprintln(w)
+	if l.Shipper != nil && l.Shipper.LastError != "" {
+		fmt.Fprintf(w, "  %s\n", l.Shipper.LastError)
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func printStatus(w io.Writer, st agent.Status) {

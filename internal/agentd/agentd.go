@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/httpx"
@@ -53,6 +54,8 @@ type Config struct {
 	// Link tunes the fleet-server link; Config, DataDir, Agent, Logger and
 	// APIPort are filled in.
 	Link fleetlink.LinkConfig
+	// Logs tunes collecting and shipping the device's log.
+	Logs LogsConfig
 }
 
 // Main runs the agent role.
@@ -62,6 +65,7 @@ type Main struct {
 	rt        *docker.Runtime
 	agent     *agent.Agent
 	link      *fleetlink.Link // nil in local mode
+	logs      *logPipeline
 	srv       *http.Server
 	listener  net.Listener
 	wg        sync.WaitGroup
@@ -104,8 +108,20 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		rt.Close()
 		return nil, fmt.Errorf("listen on %s: %w (another agent running? pick another address with --listen)", cfg.Listen, err)
 	}
+	logs, err := newLogPipeline(cfg, rt, conf != nil)
+	if err != nil {
+		ln.Close()
+		rt.Close()
+		return nil, err
+	}
 	ac := cfg.Agent
 	ac.DataDir, ac.Runtime, ac.Logger = cfg.DataDir, rt, cfg.Logger
+	ac.SystemLog = logs.system
+	var a *agent.Agent
+	ac.Observe = func(snap reeve.Snapshot) {
+		ts, _ := a.Target()
+		logs.observe(snap, ts[a.UUID()].Config)
+	}
 	ac.APIAddress = ln.Addr().String()
 	if cfg.DeviceName != "" {
 		ac.DeviceName = cfg.DeviceName
@@ -122,9 +138,10 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 			ac.DeviceName = conf.DeviceName
 		}
 	}
-	a, err := agent.New(ctx, ac)
+	a, err = agent.New(ctx, ac)
 	if err != nil {
 		ln.Close()
+		logs.close()
 		rt.Close()
 		return nil, err
 	}
@@ -139,15 +156,18 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		if link, err = fleetlink.New(lc); err != nil {
 			ln.Close()
 			a.Close()
+			logs.close()
 			rt.Close()
 			return nil, err
 		}
+		logs.startShipping(cfg.Logs, link)
 		opts.Link, opts.LinkHealthy, opts.LocalMode = link.Status, link.Healthy, link.LocalMode
 		opts.Update = func(bool) { link.Poke() }
 		opts.Tags, opts.PatchTags = link.Tags, link.PatchTags
 	}
+	opts.Logs, opts.LogStatus = logs.tail, logs.status
 	api := localapi.New(a, opts)
-	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, listener: ln, serveErr: make(chan error, 1),
+	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, logs: logs, listener: ln, serveErr: make(chan error, 1),
 		srv: &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}}
 	return m, nil
 }
@@ -163,8 +183,9 @@ func (m *Main) Agent() *agent.Agent { return m.agent }
 
 // Run starts the agent and serves the API until ctx ends, then stops both.
 func (m *Main) Run(ctx context.Context) error {
+	m.logs.start(ctx)
 	if err := m.agent.Start(ctx); err != nil {
-		return err
+		return errors.Join(err, m.Close())
 	}
 	if m.link != nil {
 		if err := m.link.Start(ctx); err != nil {
@@ -204,7 +225,8 @@ func (m *Main) Close() error {
 		if m.link != nil {
 			errs = append(errs, m.link.Close())
 		}
-		errs = append(errs, m.agent.Close(), m.rt.Close())
+		// The agent before the logs, so that its last lines are kept.
+		errs = append(errs, m.agent.Close(), m.logs.close(), m.rt.Close())
 	})
 	return errors.Join(errs...)
 }

@@ -5,6 +5,7 @@
 package example
 
 import (
+	"bufio"
 	"context"
 	_ "embed"
 	"errors"
@@ -52,8 +53,51 @@ func Run(args []string) error {
 			return err
 		}
 		return worker(ctx, *data)
+	case "lines":
+		fs := flag.NewFlagSet("lines", flag.ContinueOnError)
+		count := fs.Int("count", 1000, "lines to print")
+		rate := fs.Int("rate", 1000, "lines a second (0: as fast as it can)")
+		delay := fs.Duration("delay", 0, "wait this long before the first line")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return lines(ctx, *count, *rate, *delay)
 	}
-	return fmt.Errorf("unknown example service %q: use web or worker", args[0])
+	return fmt.Errorf("unknown example service %q: use web, worker or lines", args[0])
+}
+
+// lines prints "line 1" … "line <count>" at rate lines a second, then
+// waits to be stopped: the load of the log benchmark.
+func lines(ctx context.Context, count, rate int, delay time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(delay):
+	}
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	start := time.Now()
+	for i := 1; i <= count; i++ {
+		fmt.Fprintf(out, "line %d\n", i)
+		if rate <= 0 || i%100 != 0 {
+			continue
+		}
+		// Paced in steps of 100 lines, each flushed when it is due.
+		if err := out.Flush(); err != nil {
+			return err
+		}
+		due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Until(due)):
+		}
+	}
+	if err := out.Flush(); err != nil {
+		return err
+	}
+	fmt.Println("lines done")
+	<-ctx.Done()
+	return nil
 }
 
 func worker(ctx context.Context, dir string) error {

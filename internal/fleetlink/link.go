@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -426,6 +427,16 @@ const msgKeyRefused = "the server refused this device's key (it was revoked or t
 // errNotProvisioned answers what needs the server before the device is
 // registered.
 var errNotProvisioned = reeve.Errorf(reeve.CodeUnavailable, "the device is not registered with its fleet server yet: try again once it is (reeve local status shows why it is not)")
+
+// UploadLogs sends one request of the device's log stream (see
+// logship.Upload). Until the device is registered it fails: the lines wait.
+func (l *Link) UploadLogs(ctx context.Context, stream string, body io.Reader) (uint64, error) {
+	if !l.Status().Provisioned {
+		return 0, errNotProvisioned
+	}
+	ack, err := l.client.LogStream(ctx, l.uuid, stream, body, true)
+	return ack.LastSeq, err
+}
 
 // Tags returns the device's tags from the server.
 func (l *Link) Tags(ctx context.Context) (reeve.Tags, error) {

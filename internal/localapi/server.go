@@ -78,6 +78,9 @@ type Options struct {
 	// Logs is the agent's in-memory view of its log (GET /v2/local/logs).
 	// Nil: 503.
 	Logs *logship.Tail
+	// LogStatus, when the agent ships its log, says how that is doing
+	// (in GET /v2/state/status).
+	LogStatus func() *logship.Status
 }
 
 // Server serves the local API.
@@ -204,6 +207,9 @@ type StatusResponse struct {
 	agent.Status
 	// Fleet is the link to the fleet server; absent in local mode.
 	Fleet *fleetlink.LinkStatus `json:"fleet,omitempty"`
+	// Logs says how shipping the device's log to the fleet server is
+	// doing; absent without a fleet server.
+	Logs *logship.Status `json:"logs,omitempty"`
 }
 
 // status answers with what the agent is doing; an app's key sees only its
@@ -222,6 +228,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request, c caller) {
 	if s.opts.Link != nil {
 		ls := s.opts.Link()
 		resp.Fleet = &ls
+	}
+	if s.opts.LogStatus != nil {
+		resp.Logs = s.opts.LogStatus()
 	}
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }

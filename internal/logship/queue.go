@@ -98,10 +98,11 @@ type Queue struct {
 	droppedThrough uint64
 	drops          []queueDrop
 	cursors        map[string]Cursor // after every record before next
-	handedOut      uint64            // the highest Seq Read returned
 	notify         chan struct{}     // closed and replaced when next moves
 	rotateNext     bool              // the active segment is damaged: start another
 	readDamage     map[string]bool   // segments whose damage a Read logged
+	dropLoggedAt   time.Time         // when dropping for the cap was last logged
+	dropsUnlogged  int64             // lines dropped since
 
 	// hook, in tests, is called at the points where a crash matters, with
 	// the Seq through which records are durable.
@@ -359,7 +360,6 @@ func (q *Queue) open() error {
 
 	q.stream, q.segs, q.next, q.acked = st.Stream, kept, next, st.Acked
 	q.dropped, q.droppedThrough, q.drops, q.cursors = st.Dropped, st.DroppedThrough, drops, cursors
-	q.handedOut = next - 1 // drops from before are never merged into
 	for _, s := range kept {
 		q.bytes += s.size
 	}
@@ -585,7 +585,7 @@ func (q *Queue) makeRoom(need int64) error {
 		first := max(s.lo, q.acked+1)
 		n := int64(s.hi - first + 1)
 		lines += n
-		drops = queueAddDrop(drops, queueDrop{First: first, Last: s.hi, Count: n, Time: s.hiTime, Cap: q.maxBytes}, q.handedOut)
+		drops = queueAddDrop(drops, queueDrop{First: first, Last: s.hi, Count: n, Time: s.hiTime, Cap: q.maxBytes}, q.acked)
 	}
 	st := q.stateLocked()
 	st.Drops, st.Dropped, st.DroppedThrough = drops, q.dropped+lines, through
@@ -596,20 +596,30 @@ func (q *Queue) makeRoom(need int64) error {
 	q.testHook("saved", q.next-1)
 	q.removeLocked(victims)
 	if lines > 0 {
-		q.log.Warn("the log queue is over its cap: its oldest lines are dropped", "lines", lines, "cap", queueSize(q.maxBytes))
+		// Once a minute at most: while the server is away this happens
+		// with every segment.
+		q.dropsUnlogged += lines
+		if now := time.Now(); now.Sub(q.dropLoggedAt) >= time.Minute {
+			q.log.Warn("the log queue is over its cap: its oldest lines are dropped", "lines", q.dropsUnlogged, "cap", queueSize(q.maxBytes))
+			q.dropLoggedAt, q.dropsUnlogged = now, 0
+		}
 	}
 	return nil
 }
 
 // queueAddDrop adds d to drops (by Seq). It merges into the drop just
-// before it when they are consecutive and that one was not handed out by
-// Read yet (its count may still grow without a reader counting lines
-// twice).
-func queueAddDrop(drops []queueDrop, d queueDrop, handedOut uint64) []queueDrop {
+// before it when they are consecutive and that one is not acknowledged:
+// while the server is away the shipper reads the same records again and
+// again, and a long outage is one line saying how many went, not one per
+// segment. A reader that had the earlier record is given, after it, only
+// the lines dropped after it (see queueDrop.record); only if the server
+// stored a request whose answer was lost does a merged count repeat the
+// lines of the earlier record.
+func queueAddDrop(drops []queueDrop, d queueDrop, acked uint64) []queueDrop {
 	i := sort.Search(len(drops), func(i int) bool { return drops[i].First > d.First })
 	if i > 0 {
 		p := &drops[i-1]
-		if p.Cap > 0 && p.Last+1 == d.First && (p.Last > handedOut || len(drops) >= queueMaxDrops) {
+		if p.Cap > 0 && p.Last+1 == d.First && (p.Last > acked || len(drops) >= queueMaxDrops) {
 			p.Last, p.Count, p.Time, p.Cap = d.Last, p.Count+d.Count, d.Time, d.Cap
 			return drops
 		}
@@ -715,11 +725,6 @@ func (q *Queue) read(after uint64, maxRecs, maxBytes int) (out []Record, retry b
 	}
 	if len(out) < maxRecs {
 		dropsBefore(math.MaxUint64)
-	}
-	if len(out) > 0 {
-		q.mu.Lock()
-		q.handedOut = max(q.handedOut, out[len(out)-1].Seq)
-		q.mu.Unlock()
 	}
 	return out, false, nil
 }

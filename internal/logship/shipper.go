@@ -1,6 +1,7 @@
 package logship
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -31,8 +32,9 @@ type Source interface {
 
 // Upload sends one request's body (gzip-compressed NDJSON lines) to the
 // server and returns once the server has answered: nil means every line of
-// the body is stored.
-type Upload func(ctx context.Context, stream string, body io.Reader) error
+// the body is stored, and lastSeq is the highest Seq the server holds for
+// the stream.
+type Upload func(ctx context.Context, stream string, body io.Reader) (lastSeq uint64, err error)
 
 // ShipperConfig configures a Shipper. Zero values get the defaults.
 type ShipperConfig struct {
@@ -133,6 +135,13 @@ func (s *Shipper) Status() ShipperStatus {
 
 func (s *Shipper) run(ctx context.Context) {
 	failures := 0
+	var loggedErr string
+	var loggedAt time.Time
+	// After a start and after a failed request the server may hold lines
+	// it did not acknowledge (it stores them as they come): it is asked
+	// where it stands first, so that they are not sent again, and so that
+	// a count of dropped lines leaves them out.
+	resync := true
 	for ctx.Err() == nil {
 		acked := s.cfg.Source.Acked()
 		select {
@@ -140,9 +149,29 @@ func (s *Shipper) run(ctx context.Context) {
 			return
 		case <-s.cfg.Source.Wait(acked):
 		}
-		sent, err := s.request(ctx, acked)
+		var sent uint64
+		var err error
+		if resync {
+			sent, err = s.serverSeq(ctx)
+			if err == nil {
+				resync = false
+				if sent > acked {
+					if aerr := s.cfg.Source.Ack(sent); aerr != nil {
+						// The server is ahead of the queue: another
+						// queue's stream. Ship from the queue's own.
+						s.log.Warn("the server holds more of this log stream than the queue ever had", "server_seq", sent, "err", aerr)
+					}
+				}
+				continue
+			}
+		} else {
+			sent, err = s.request(ctx, acked)
+		}
 		if ctx.Err() != nil {
 			return
+		}
+		if err != nil && !refused(err) {
+			resync = true
 		}
 		if refused(err) {
 			// Sending the same lines again would be refused again, and
@@ -156,7 +185,10 @@ func (s *Shipper) run(ctx context.Context) {
 				err = s.cfg.Source.Ack(sent)
 			}
 			if err == nil {
-				failures = 0
+				if failures > 0 {
+					s.log.Info("shipping logs again", "after_failures", failures)
+				}
+				failures, loggedErr = 0, ""
 				s.mu.Lock()
 				s.status = ShipperStatus{Shipped: sent}
 				s.mu.Unlock()
@@ -165,7 +197,12 @@ func (s *Shipper) run(ctx context.Context) {
 		}
 		failures++
 		wait := backoff(s.cfg.BackoffMin, s.cfg.BackoffMax, failures)
-		s.log.Warn("shipping logs failed", "err", err, "retry_in", wait.Round(time.Millisecond))
+		// Told when it starts or changes, then once a minute: a server
+		// away for hours is one line an hour's worth, not thousands.
+		if msg := err.Error(); msg != loggedErr || time.Since(loggedAt) >= time.Minute {
+			s.log.Warn("shipping logs failed", "err", err, "retry_in", wait.Round(time.Millisecond), "failures", failures)
+			loggedErr, loggedAt = msg, time.Now()
+		}
 		s.mu.Lock()
 		s.status.LastError, s.status.RetryAt = err.Error(), time.Now().Add(wait)
 		s.mu.Unlock()
@@ -179,6 +216,14 @@ func (s *Shipper) run(ctx context.Context) {
 	}
 }
 
+// serverSeq asks the server for the highest Seq it holds of the stream
+// (a request without lines).
+func (s *Shipper) serverSeq(ctx context.Context) (uint64, error) {
+	var empty bytes.Buffer
+	_ = gzip.NewWriter(&empty).Close()
+	return s.cfg.Upload(ctx, s.cfg.Source.Stream(), &empty)
+}
+
 // request sends the lines after acked in one streamed request and returns
 // the last one sent once the server has answered.
 func (s *Shipper) request(ctx context.Context, acked uint64) (uint64, error) {
@@ -187,7 +232,7 @@ func (s *Shipper) request(ctx context.Context, acked uint64) (uint64, error) {
 	pr, pw := io.Pipe()
 	answered := make(chan error, 1)
 	go func() {
-		err := s.cfg.Upload(rctx, s.cfg.Source.Stream(), pr)
+		_, err := s.cfg.Upload(rctx, s.cfg.Source.Stream(), pr)
 		pr.CloseWithError(errors.New("the request ended"))
 		answered <- err
 	}()

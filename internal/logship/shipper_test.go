@@ -84,33 +84,38 @@ type server struct {
 	mu       sync.Mutex
 	lines    []reeve.LogLine
 	requests int
-	fail     func(n int) error // for request n (from 1): fail after reading the body
+	sent     []reeve.LogLine   // every line of every request
+	fail     func(n int) error // for request n (from 1; 0: one without lines): fail after reading the body
 }
 
-func (s *server) upload(ctx context.Context, stream string, body io.Reader) error {
-	s.mu.Lock()
-	s.requests++
-	n := s.requests
-	s.mu.Unlock()
+func (s *server) upload(ctx context.Context, stream string, body io.Reader) (uint64, error) {
 	zr, err := gzip.NewReader(body)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	sc := bufio.NewScanner(zr)
 	var got []reeve.LogLine
 	for sc.Scan() {
 		var l reeve.LogLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return err
+			return 0, err
 		}
 		got = append(got, l)
 	}
 	if err := sc.Err(); err != nil {
-		return err
+		return 0, err
 	}
+	s.mu.Lock()
+	n := 0 // requests with lines are counted; a request without is a question
+	if len(got) > 0 {
+		s.requests++
+		n = s.requests
+		s.sent = append(s.sent, got...)
+	}
+	s.mu.Unlock()
 	if s.fail != nil {
 		if err := s.fail(n); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	s.mu.Lock()
@@ -120,7 +125,11 @@ func (s *server) upload(ctx context.Context, stream string, body io.Reader) erro
 			s.lines = append(s.lines, l)
 		}
 	}
-	return nil
+	var last uint64
+	if len(s.lines) > 0 {
+		last = s.lines[len(s.lines)-1].Seq
+	}
+	return last, nil
 }
 
 func (s *server) messages() []string {
@@ -178,7 +187,7 @@ func TestShipperShipsInOrderAndAcks(t *testing.T) {
 func TestShipperRetriesFailedRequests(t *testing.T) {
 	src, srv := newMemSource(), &server{}
 	srv.fail = func(n int) error {
-		if n <= 2 {
+		if n >= 1 && n <= 2 {
 			return errors.New("connection reset")
 		}
 		return nil
@@ -242,5 +251,28 @@ func TestShipperStatusWhileServerDown(t *testing.T) {
 	waitUntil(t, "lines acked", func() bool { return src.Acked() == 2 })
 	if st := sh.Status(); st.LastError != "" {
 		t.Errorf("status after recovery: %+v", st)
+	}
+}
+
+// A server that stored lines it did not acknowledge (the agent was killed,
+// or the answer lost) is asked where it stands: those lines are not sent
+// again.
+func TestShipperAsksTheServerWhereItStands(t *testing.T) {
+	src, srv := newMemSource(), &server{}
+	src.add("a", "b", "c", "d")
+	for i, m := range []string{"a", "b", "c"} {
+		srv.lines = append(srv.lines, reeve.LogLine{Seq: uint64(i + 1), Message: m})
+	}
+	sh := testShipper(src, srv.upload)
+	sh.Start(context.Background())
+	defer sh.Close()
+	waitUntil(t, "every line acked", func() bool { return src.Acked() == 4 })
+	if got := srv.messages(); fmt.Sprint(got) != "[a b c d]" {
+		t.Fatalf("server has %q", got)
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.sent) != 1 || srv.sent[0].Message != "d" {
+		t.Errorf("lines sent %+v, want only d", srv.sent)
 	}
 }

@@ -17,7 +17,8 @@
 //	                              output is done; prints "testprog exiting with code <code>"
 //	TESTPROG_LINES=<n>            print "line 1", "line 2", ... to stdout, <n>
 //	                              lines (0 = forever) ...
-//	TESTPROG_LINE_INTERVAL=<dur>  ... one every <dur> (default 0)
+//	TESTPROG_LINE_INTERVAL=<dur>  ... one every <dur> (default 0), on average:
+//	                              paced against the start time
 //	TESTPROG_STDERR=1             with TESTPROG_LINES: odd lines to stdout, even
 //	                              lines to stderr
 //	TESTPROG_LINE_BYTES=<n>       with TESTPROG_LINES: pad each line with "x"
@@ -176,6 +177,7 @@ func serve() {
 			linesDone.Add(1)
 		}
 		go func() {
+			start := time.Now()
 			for i := 1; n == 0 || i <= n; i++ {
 				out := os.Stdout
 				if toStderr && i%2 == 0 {
@@ -187,7 +189,9 @@ func serve() {
 				}
 				fmt.Fprintln(out, line)
 				if n == 0 || i < n {
-					time.Sleep(interval)
+					// Paced against the start: a sleep shorter than the
+					// timer's resolution would slow the rate down.
+					time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
 				}
 			}
 			linesDone.Done()
