@@ -32,7 +32,9 @@ type DeviceConfig struct {
 	// the fleet turns local mode off again.
 	LocalMode bool
 	// PersistentLogging (PERSISTENT_LOGGING, 1 or 0, default off):
-	// validated; the agent does not act on it yet (logs are another issue).
+	// validated only. On balena it keeps the host OS journal across
+	// reboots, which reeve does not manage; the agent's own log queue is
+	// on disk whatever it says.
 	PersistentLogging bool
 	// LogQueueMax (LOG_QUEUE_MAX_MB, MiB): the most disk the queue of log
 	// lines waiting for the server may take; over it the oldest lines go,
