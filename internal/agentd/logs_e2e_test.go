@@ -109,16 +109,22 @@ func (r *logRig) stopServer() {
 	if r.srv == nil {
 		return
 	}
-	r.srvStop()
+	stopRole(r.t, "fleet server", r.srvStop, r.srvDone)
+	r.srv = nil
+}
+
+// stopRole stops a role run in this process and checks how it ended.
+func stopRole(t *testing.T, what string, stop context.CancelFunc, done <-chan error) {
+	t.Helper()
+	stop()
 	select {
-	case err := <-r.srvDone:
+	case err := <-done:
 		if err != nil {
-			r.t.Errorf("fleet server stopped with %v", err)
+			t.Errorf("%s stopped with %v", what, err)
 		}
 	case <-time.After(30 * time.Second):
-		r.t.Error("fleet server did not stop within 30 s")
+		t.Errorf("%s did not stop within 30 s", what)
 	}
-	r.srv = nil
 }
 
 // startAgent runs the agent in this process.
@@ -144,15 +150,7 @@ func (r *logRig) stopAgent() {
 	if r.agent == nil {
 		return
 	}
-	r.agentStop()
-	select {
-	case err := <-r.agentDone:
-		if err != nil {
-			r.t.Errorf("agent stopped with %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		r.t.Error("agent did not stop within 30 s")
-	}
+	stopRole(r.t, "agent", r.agentStop, r.agentDone)
 	r.agent = nil
 }
 

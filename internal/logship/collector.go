@@ -384,7 +384,7 @@ func (c *Collector) follow(ctx context.Context, f *collectorFollower) {
 			log.Warn("cannot read the logs of a container; retrying", "err", err)
 			c.System(f.service, fmt.Sprintf("logs of service %s cannot be read: %v", f.service, err))
 		}
-		if !collectorWait(ctx, delay) {
+		if !sleep(ctx, delay) {
 			return
 		}
 		delay = min(2*delay, collectorRetryMax)
@@ -468,17 +468,6 @@ func (c *Collector) append(recs []Record) bool {
 			return false
 		}
 		delay = min(2*delay, collectorRetryMax)
-	}
-}
-
-func collectorWait(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

@@ -344,6 +344,7 @@ func (s *Shipper) writeErr(err error, answered chan error) error {
 	}
 }
 
+// sleep waits d, or less if ctx ends first (false then).
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

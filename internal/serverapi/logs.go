@@ -30,8 +30,10 @@ const (
 	// request; within it the server keeps each seq once.
 	LogStreamHeader = "X-Reeve-Log-Stream"
 	// MaxRawLogLine is the longest line of a log-stream body, before
-	// its message is cut to reeve.MaxLogLineBytes.
-	MaxRawLogLine = 64 << 10
+	// its message is cut to reeve.MaxLogLineBytes. A message the agent
+	// cut to that size may still take six times it in JSON (binary output
+	// escaped as \u00XX), so it fits with room to spare.
+	MaxRawLogLine = 128 << 10
 	// NDJSON is the media type of log lines, one JSON object a line.
 	NDJSON = "application/x-ndjson"
 )

@@ -196,9 +196,9 @@ func TestLogStreamBadInput(t *testing.T) {
 			status: 400, code: reeve.CodeInvalid, says: []string{"line 3", "not a JSON object", "before it are stored"}, stored: []string{"one", "two"}},
 		{name: "not NDJSON, gzip", body: ndjson(jsonLine(1, "web", "one"), `["an array"]`), gz: true,
 			status: 400, code: reeve.CodeInvalid, says: []string{"line 2", "not a JSON object"}, stored: []string{"one"}},
-		{name: "a line over 64 KiB", body: ndjson(jsonLine(1, "web", "one"), jsonLine(2, "web", long), jsonLine(3, "web", "three")),
-			status: 413, code: reeve.CodeTooLarge, says: []string{"line 2", "65536"}, stored: []string{"one"}},
-		{name: "a line over 64 KiB without a newline", body: []byte(jsonLine(1, "web", long)),
+		{name: "a line over 128 KiB", body: ndjson(jsonLine(1, "web", "one"), jsonLine(2, "web", long), jsonLine(3, "web", "three")),
+			status: 413, code: reeve.CodeTooLarge, says: []string{"line 2", "131072"}, stored: []string{"one"}},
+		{name: "a line over 128 KiB without a newline", body: []byte(jsonLine(1, "web", long)),
 			status: 413, code: reeve.CodeTooLarge, says: []string{"line 1"}, stored: []string{}},
 		{name: "another device's key", key: s.keyB, body: ndjson(jsonLine(1, "web", "one")),
 			status: 403, code: reeve.CodeForbidden, stored: []string{}},
@@ -298,6 +298,27 @@ func TestLogStreamTruncatesLongMessages(t *testing.T) {
 	got := e.logsOf(s.a, "")[0].Message
 	if len(got) > reeve.MaxLogLineBytes || !strings.HasSuffix(got, reeve.LogTruncatedMarker) || !strings.HasPrefix(msg, strings.TrimSuffix(got, reeve.LogTruncatedMarker)) {
 		t.Errorf("stored message: %d bytes, ends %q", len(got), got[len(got)-20:])
+	}
+}
+
+// Binary output the agent cut to the message limit takes up to six times
+// as much as JSON: it is stored, not refused as too long.
+func TestLogStreamTakesEscapedBinaryLines(t *testing.T) {
+	e := newEnv(t)
+	s := e.setup()
+	b := make([]byte, reeve.MaxLogLineBytes)
+	for i := range b {
+		b[i] = byte(i % 32) // control characters: \u00XX each
+	}
+	line, err := json.Marshal(reeve.LogLine{Seq: 1, Service: "web", Message: reeve.TruncateLogMessage(string(b))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(line) < 5*reeve.MaxLogLineBytes {
+		t.Fatalf("the line is only %d bytes: not the worst case", len(line))
+	}
+	if ack := e.mustPostLogs(s.a, s.keyA, "", append(line, '\n'), true); ack.Stored != 1 {
+		t.Fatalf("%+v", ack)
 	}
 }
 
