@@ -284,6 +284,7 @@ The example app (a worker counting into a volume, and a web page) is being
 installed from the fleet. From another terminal:
 
   reeve devices                         the device, online, and what it runs
+  reeve logs %s -f                  its log: the services' output and the agent's own lines
   reeve local status%s            the agent's own view
   curl http://127.0.0.1:48480/          the example's web page
   reeve push --fleet %s -f %s
@@ -294,8 +295,11 @@ installed from the fleet. From another terminal:
 Ctrl-C stops the server and the agent; containers keep running and the next
 start resumes.
 
-`, m.server.URL(), m.agent.Agent().UUID(), fleetName, addr, m.cfg.DataDir, login, dev, fleetName, file, fleetName)
+`, m.server.URL(), m.agent.Agent().UUID(), fleetName, addr, m.cfg.DataDir, login, shortUUID(m.agent.Agent().UUID()), dev, fleetName, file, fleetName)
 }
+
+// shortUUID is the prefix of a UUID the CLI takes for it.
+func shortUUID(uuid string) string { return uuid[:min(7, len(uuid))] }
 
 // Close stops the agent, the server and the registry.
 func (m *Main) Close() error {

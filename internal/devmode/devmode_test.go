@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/clicfg"
 	"reeve.dev/reeve/internal/devmode"
@@ -137,6 +138,21 @@ func TestDevInstallsTheExample(t *testing.T) {
 	}
 	if !strings.Contains(body, "Hello from reeve") || strings.Contains(body, "not yet") {
 		t.Fatalf("example page: %q", body)
+	}
+	// The device's log reaches the server: the worker's first line, and
+	// the agent's own line about starting it.
+	var worker, started bool
+	deadline = time.Now().Add(time.Minute)
+	for !(worker && started) && time.Now().Before(deadline) {
+		_ = op.Logs(context.Background(), dev.UUID, serverapi.LogQuery{}, func(l reeve.LogLine) error {
+			worker = worker || (l.Service == "worker" && strings.HasPrefix(l.Message, "worker started at count"))
+			started = started || (l.System && l.Message == "Started service worker")
+			return nil
+		})
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !worker || !started {
+		t.Errorf("the device's log on the server: worker's line %v, agent's line %v", worker, started)
 	}
 	stop(cancel, done)
 

@@ -114,10 +114,15 @@ func (r *Registry) Host() string { return r.host }
 // and an empty /tmp (1777); layer 2, present when files is not empty,
 // holds files: absolute path → content (mode 0644, parent directories
 // created), e.g. {"/version": "v2"}, which testprog reports as its
-// version. The image is reproducible: the same files give the same digest.
+// version. The image is reproducible: the same files give the same digest
+// in one registry. Its config names the registry's address as its author
+// (containers do not inherit that, unlike labels), so that images of two
+// registries (tests running at once) never share an image ID: removing
+// one test's image never finds it used by another test's container.
 func (r *Registry) Push(t testing.TB, repo, tag string, files map[string]string) string {
 	t.Helper()
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		Author:       "testimage " + r.host,
 		OS:           "linux",
 		Architecture: runtime.GOARCH,
 		Variant:      variant(),
