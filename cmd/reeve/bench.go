@@ -16,6 +16,7 @@ func benchCmd() *cobra.Command {
 	}
 	cmd.AddCommand(benchApplyCmd())
 	cmd.AddCommand(benchServerCmd())
+	cmd.AddCommand(benchLogsCmd())
 	return cmd
 }
 

@@ -270,24 +270,35 @@ func (s *Shipper) write(ctx context.Context, w io.Writer, after uint64, answered
 	start := time.Now()
 	sent, size := after, 0
 	lastFlush := time.Time{}
+	unflushed := false
+	full := func() bool { return time.Since(start) >= s.cfg.MaxAge || size >= s.cfg.MaxBytes }
 	for {
-		recs, err := s.cfg.Source.Read(sent, 500, 256<<10)
-		if err != nil {
-			return after, fmt.Errorf("read the log queue: %w", err)
-		}
-		for _, r := range recs {
-			line := r.LogLine
-			line.Message = reeve.TruncateLogMessage(line.Message)
-			if err := enc.Encode(line); err != nil {
-				return after, s.writeErr(err, answered)
+		// Everything queued goes into the body (up to MaxBytes), however
+		// much came since the last flush: a burst is not held to a number
+		// of reads per flush.
+		for !full() {
+			recs, err := s.cfg.Source.Read(sent, 1000, 1<<20)
+			if err != nil {
+				return after, fmt.Errorf("read the log queue: %w", err)
 			}
-			sent = r.Seq
-			size += len(line.Message) + 64
+			if len(recs) == 0 {
+				break
+			}
+			for _, r := range recs {
+				line := r.LogLine
+				line.Message = reeve.TruncateLogMessage(line.Message)
+				if err := enc.Encode(line); err != nil {
+					return after, s.writeErr(err, answered)
+				}
+				sent = r.Seq
+				size += len(line.Message) + 64
+			}
+			unflushed = true
 		}
-		if len(recs) > 0 {
+		if unflushed {
 			// Flushes are at least FlushInterval apart: lines that come
 			// meanwhile go out together.
-			if wait := s.cfg.FlushInterval - time.Since(lastFlush); wait > 0 && !lastFlush.IsZero() {
+			if wait := s.cfg.FlushInterval - time.Since(lastFlush); wait > 0 && !lastFlush.IsZero() && !full() {
 				if !sleep(ctx, wait) {
 					return after, ctx.Err()
 				}
@@ -296,13 +307,10 @@ func (s *Shipper) write(ctx context.Context, w io.Writer, after uint64, answered
 			if err := gz.Flush(); err != nil {
 				return after, s.writeErr(err, answered)
 			}
-			lastFlush = time.Now()
+			lastFlush, unflushed = time.Now(), false
 		}
-		if time.Since(start) >= s.cfg.MaxAge || size >= s.cfg.MaxBytes {
+		if full() {
 			break
-		}
-		if len(recs) > 0 {
-			continue // more may be queued already
 		}
 		idle := time.NewTimer(s.cfg.IdleEnd)
 		select {
