@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // RemoveAll removes everything of this runtime's namespace from the
@@ -11,7 +12,25 @@ import (
 // the images whose reference image says to remove. It is for wiping a
 // device's apps on purpose, and for tests and benchmarks cleaning up after
 // themselves; the agent itself never calls it.
+//
+// A create the engine is still carrying out (its client may have given up)
+// can add a container after the listing, which then holds its image: what
+// fails is tried again, on a fresh listing, a few times.
 func (r *Runtime) RemoveAll(ctx context.Context, image func(ref string) bool) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = r.removeAll(ctx, image); err == nil || attempt == 3 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
+	}
+}
+
+func (r *Runtime) removeAll(ctx context.Context, image func(ref string) bool) error {
 	snap, err := r.Snapshot(ctx)
 	if err != nil {
 		return fmt.Errorf("remove all: %w", err)
