@@ -152,6 +152,8 @@ func (s *Shipper) run(ctx context.Context) {
 		var sent uint64
 		var err error
 		if resync {
+			// Any failure here, even a refusal, is waited out: a
+			// question without lines has nothing to give up.
 			sent, err = s.serverSeq(ctx)
 			if err == nil {
 				resync = false
@@ -166,19 +168,19 @@ func (s *Shipper) run(ctx context.Context) {
 			}
 		} else {
 			sent, err = s.request(ctx, acked)
+			switch {
+			case refused(err):
+				// Sending the same lines again would be refused again,
+				// and every line after them would wait for ever: they
+				// are given up, loudly.
+				s.log.Error("the server refused log lines: they are dropped", "from_seq", acked+1, "to_seq", sent, "err", err)
+				err = nil
+			case err != nil:
+				resync = true
+			}
 		}
 		if ctx.Err() != nil {
 			return
-		}
-		if err != nil && !refused(err) {
-			resync = true
-		}
-		if refused(err) {
-			// Sending the same lines again would be refused again, and
-			// every line after them would wait for ever: they are given
-			// up, loudly.
-			s.log.Error("the server refused log lines: they are dropped", "from_seq", acked+1, "to_seq", sent, "err", err)
-			err = nil
 		}
 		if err == nil {
 			if sent > acked {

@@ -276,3 +276,25 @@ func TestShipperAsksTheServerWhereItStands(t *testing.T) {
 		t.Errorf("lines sent %+v, want only d", srv.sent)
 	}
 }
+
+// A server that refuses even the question of where the stream stands is
+// waited out with backoff, not asked again in a tight loop.
+func TestShipperBacksOffWhenTheQuestionIsRefused(t *testing.T) {
+	src := newMemSource()
+	src.add("a")
+	var asked atomic.Int32
+	up := func(ctx context.Context, stream string, body io.Reader) (uint64, error) {
+		asked.Add(1)
+		return 0, reeve.Errorf(reeve.CodeInvalid, "no such route")
+	}
+	sh := NewShipper(ShipperConfig{Source: src, Upload: up, BackoffMin: time.Hour, BackoffMax: time.Hour})
+	sh.Start(context.Background())
+	defer sh.Close()
+	waitUntil(t, "the error in the status", func() bool { return sh.Status().LastError != "" })
+	if n := asked.Load(); n != 1 {
+		t.Errorf("asked %d times, want once before the backoff", n)
+	}
+	if src.Acked() != 0 {
+		t.Error("lines given up after a refused question")
+	}
+}
