@@ -375,6 +375,11 @@ func (c *Collector) follow(ctx context.Context, f *collectorFollower) {
 			// names the container.
 			log.Debug("container gone: its log is read to the end")
 			return
+		case errors.Is(err, runtime.ErrLogsUnreadable):
+			// Said once; asking again will not help while it exists.
+			log.Warn("the logs of a container cannot be read back: not collected", "err", err)
+			c.System(f.service, fmt.Sprintf("logs of service %s are not collected: %v", f.service, err))
+			return
 		}
 		if handed {
 			delay = collectorRetryMin

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -751,4 +752,35 @@ func TestCollectorDockerResume(t *testing.T) {
 	wantOut = append(wantOut, "testprog exiting with code 0")
 	collEqual(t, "stdout", out, wantOut)
 	collEqual(t, "stderr", errs, wantErr)
+}
+
+// unreadableRuntime's containers log to nowhere the runtime can read back.
+type unreadableRuntime struct {
+	runtime.Runtime
+	calls atomic.Int32
+}
+
+func (r *unreadableRuntime) Logs(context.Context, string, time.Time, func(runtime.LogEntry) error) error {
+	r.calls.Add(1)
+	return fmt.Errorf("logging driver none: %w", runtime.ErrLogsUnreadable)
+}
+
+// A container whose logs cannot be read back is said once and not asked
+// about again (it would fail the same way every time).
+func TestCollectorGivesUpUnreadableLogs(t *testing.T) {
+	rt := &unreadableRuntime{}
+	sink := newCollSink(nil)
+	c := newColl(t, logship.CollectorConfig{Runtime: rt, Sink: sink, BatchDelay: time.Millisecond})
+	c.Sync([]reeve.ServiceState{collCtr("x", "web")})
+	collWait(t, "the system line", func() bool { return len(sink.records()) > 0 })
+	c.Sync([]reeve.ServiceState{collCtr("x", "web")}) // still there: not followed again
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	recs := sink.records()
+	if len(recs) != 1 || !recs[0].System || !strings.Contains(recs[0].Message, "logs of service web are not collected") {
+		t.Errorf("records %+v, want one system line", recs)
+	}
+	if n := rt.calls.Load(); n != 1 {
+		t.Errorf("Logs called %d times, want once", n)
+	}
 }

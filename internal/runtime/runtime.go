@@ -44,6 +44,11 @@ var ErrNotFound = errors.New("not found")
 // ErrUnavailable is returned (wrapped) when the runtime cannot be reached.
 var ErrUnavailable = errors.New("runtime unavailable")
 
+// ErrLogsUnreadable is returned (wrapped) by Logs for a container whose
+// output the runtime keeps nowhere to read back (a log driver such as
+// "none"): asking again will not help while the container exists.
+var ErrLogsUnreadable = errors.New("logs cannot be read back")
+
 // ErrNoSpace is returned (wrapped) by Fetch when the image does not fit on
 // the disk the runtime keeps images on; nothing was downloaded. Removing
 // images no release needs may make room.
@@ -99,7 +104,7 @@ type Runtime interface {
 	// (ctx.Err()), the container is removed (nil) or fn fails (that error).
 	// A container that never existed: ErrNotFound. A container whose
 	// output the runtime cannot read back (a log driver that keeps
-	// nothing): an error saying so.
+	// nothing): ErrLogsUnreadable, wrapped in an error saying why.
 	Logs(ctx context.Context, id string, since time.Time, fn func(LogEntry) error) error
 
 	// Cleanup removes what reeve left behind and no longer needs (helper

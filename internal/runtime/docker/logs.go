@@ -113,7 +113,7 @@ func isRunning(c container.InspectResponse) bool {
 // readable refuses a container whose log driver keeps nothing to read.
 func readable(c container.InspectResponse) error {
 	if c.HostConfig != nil && c.HostConfig.LogConfig.Type == "none" {
-		return fmt.Errorf("logs of container %s cannot be read: its logging driver is %q, which keeps nothing", shortID(c.ID), "none")
+		return fmt.Errorf("logs of container %s cannot be read: its logging driver is %q, which keeps nothing: %w", shortID(c.ID), "none", runtime.ErrLogsUnreadable)
 	}
 	return nil
 }
@@ -231,7 +231,7 @@ func (f *logFollower) read(ctx context.Context, tty bool) error {
 			return ctx.Err()
 		}
 		if cerrdefs.IsNotImplemented(err) {
-			return fmt.Errorf("logs of container %s cannot be read: %w", shortID(f.id), f.r.wrap(err, "its logging driver keeps nothing to read"))
+			return fmt.Errorf("logs of container %s cannot be read: %w (%w)", shortID(f.id), f.r.wrap(err, "its logging driver keeps nothing to read"), runtime.ErrLogsUnreadable)
 		}
 		return f.r.wrap(err, "logs of container %s", shortID(f.id))
 	}

@@ -280,7 +280,7 @@ func TestLogsDriverNone(t *testing.T) {
 	image := logsImage(t, r)
 	id := engineContainer(t, r, &container.Config{Image: image}, &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}})
 	err = r.Logs(t.Context(), id, time.Time{}, func(runtime.LogEntry) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), `"none"`) || !strings.Contains(err.Error(), "cannot be read") || errors.Is(err, runtime.ErrNotFound) {
+	if err == nil || !strings.Contains(err.Error(), `"none"`) || !strings.Contains(err.Error(), "cannot be read") || errors.Is(err, runtime.ErrNotFound) || !errors.Is(err, runtime.ErrLogsUnreadable) {
 		t.Errorf("Logs of a container logging to none = %v, want an error saying its logs cannot be read", err)
 	}
 }
