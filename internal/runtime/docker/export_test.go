@@ -1,6 +1,9 @@
 package docker
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetHelperMaxAge sets how old another runtime's helper containers must be
 // before Cleanup removes them.
@@ -8,3 +11,6 @@ func SetHelperMaxAge(r *Runtime, d time.Duration) { r.helperMaxAge = d }
 
 // BackupName is the engine name of the backup of volume (an engine name).
 func BackupName(volume string) string { return backupName(volume) }
+
+// HelperImage is the image helper containers would be made from now.
+func HelperImage(ctx context.Context, r *Runtime) (string, error) { return r.helperImage(ctx) }

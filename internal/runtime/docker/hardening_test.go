@@ -439,3 +439,40 @@ func TestCleanupRemovesPredecessorHelpersAtOnce(t *testing.T) {
 		t.Errorf("Cleanup removed a fresh helper of another namespace: %v", err)
 	}
 }
+
+// Helper containers are made from an image reeve's containers already use,
+// not the smallest on the engine: a helper made from someone else's image
+// would hold it while it lives, and its owner's removal would be refused.
+func TestHelperImageIsOneOfOurs(t *testing.T) {
+	testimage.RequireDocker(t)
+	ctx := testCtx(t)
+	cli := engine(t)
+	rt := newRuntime(t, docker.Options{})
+	reg := testimage.StartRegistry(t)
+	big := push(t, reg, rt, "reeve/helper-big", "v1")
+	small := reg.Push(t, "reeve/helper-small", "v1", nil) // no files layer: smaller
+	for _, ref := range []string{big, small} {
+		if err := rt.Fetch(ctx, ref, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		c, cancel := cleanupCtx()
+		defer cancel()
+		_ = rt.RemoveImage(c, small)
+	})
+	uuid := app(t, cli)
+	id, err := rt.Create(ctx, reeve.ServiceSpec{AppUUID: uuid, AppID: 1, AppName: "h", Commit: "c1", ReleaseID: 1, ServiceName: "main",
+		Service: reeve.Service{ID: 1, ImageID: 1, Image: big}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := docker.HelperImage(ctx, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := inspect(t, cli, id).Image
+	if got != want {
+		t.Errorf("helper image %s, want %s, the image of the namespace's container (not the smaller %s)", got, want, small)
+	}
+}
