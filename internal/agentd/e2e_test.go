@@ -99,9 +99,24 @@ func (h *harness) close() {
 	fromRegistry := func(ref string) bool { return strings.HasPrefix(ref, h.reg.Host()+"/") }
 	if err := h.rt.RemoveAll(context.Background(), fromRegistry); err != nil {
 		h.t.Errorf("cleanup: %v", err)
+		h.dumpContainers()
 	}
 	h.rt.Close()
 	h.engine.Close()
+}
+
+// dumpContainers logs every container on the engine, to tell what held
+// on to something a cleanup could not remove.
+func (h *harness) dumpContainers() {
+	list, err := h.engine.ContainerList(context.Background(), client.ContainerListOptions{All: true})
+	if err != nil {
+		h.t.Logf("list containers: %v", err)
+		return
+	}
+	for _, c := range list.Items {
+		h.t.Logf("container %.12s image %s (%.19s) names %v state %s %q created %s labels %v", c.ID, c.Image, c.ImageID, c.Names, c.State, c.Status,
+			time.Unix(c.Created, 0).UTC().Format(time.RFC3339), c.Labels)
+	}
 }
 
 // apply sets a compose file (with {{V1}}, {{V2}} and {{HOST}} replaced) as
