@@ -12,5 +12,6 @@ func SetHelperMaxAge(r *Runtime, d time.Duration) { r.helperMaxAge = d }
 // BackupName is the engine name of the backup of volume (an engine name).
 func BackupName(volume string) string { return backupName(volume) }
 
-// HelperImage is the image helper containers would be made from now.
-func HelperImage(ctx context.Context, r *Runtime) (string, error) { return r.helperImage(ctx) }
+// HelperImageOf is the image helper containers are made from, loaded if
+// missing.
+func HelperImageOf(ctx context.Context, r *Runtime) (string, error) { return r.helperImage(ctx) }

@@ -15,7 +15,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/image"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/volume"
 	"github.com/moby/moby/client"
@@ -506,46 +505,9 @@ func rebase(name, root string) string {
 	return "v/" + strings.TrimPrefix(name, root)
 }
 
-// helperImage returns the ID of an image present on the engine to create
-// helper containers from (never started, so any image does). It takes one
-// that a container of reeve's already uses where it can: a helper made
-// from some other image would hold that image while it lives, and whoever
-// removes it then (reeve cleaning up an old release, or the engine's
-// other users) would be refused.
-func (r *Runtime) helperImage(ctx context.Context) (string, error) {
-	list, err := r.c.ImageList(ctx, client.ImageListOptions{})
-	if err != nil {
-		return "", r.wrap(err, "list images for a helper container")
-	}
-	if len(list.Items) == 0 {
-		return "", errors.New("copy volume data: no image on the engine to create a helper container from (nothing is pulled for this): fetch a service image first")
-	}
-	items := list.Items
-	ours, err := r.c.ContainerList(ctx, client.ContainerListOptions{All: true,
-		Filters: client.Filters{}.Add("label", LabelManaged+"="+r.managed)})
-	if err != nil {
-		return "", r.wrap(err, "list containers for a helper image")
-	}
-	used := map[string]bool{}
-	for _, c := range ours.Items {
-		used[c.ImageID] = true
-	}
-	if inUse := slices.DeleteFunc(slices.Clone(items), func(i image.Summary) bool { return !used[i.ID] }); len(inUse) > 0 {
-		items = inUse
-	}
-	sort.Slice(items, func(i, j int) bool {
-		if items[i].Size != items[j].Size {
-			return items[i].Size < items[j].Size
-		}
-		return items[i].ID < items[j].ID
-	})
-	return items[0].ID, nil
-}
-
-// createHelpers creates the two helper containers of a copy. The image
-// they are made from is any image on the engine, which something else (an
-// image cleanup) may remove between the listing and the create: then
-// another image is picked.
+// createHelpers creates the two helper containers of a copy, from the
+// helper image, which something else (an image prune) may remove between
+// its check and the create: then it is loaded again.
 func (r *Runtime) createHelpers(ctx context.Context, from, to string) (src, dst string, err error) {
 	for attempt := 0; ; attempt++ {
 		image, err := r.helperImage(ctx)
