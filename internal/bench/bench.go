@@ -106,12 +106,8 @@ func newBencher(ctx context.Context, opts ApplyOptions, out io.Writer) (*bencher
 	if opts.RSSDelay <= 0 {
 		opts.RSSDelay = 10 * time.Second
 	}
-	if opts.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("find the reeve binary: %w", err)
-		}
-		opts.Binary = exe
+	if err := selfBinary(&opts.Binary); err != nil {
+		return nil, err
 	}
 	if len(opts.ComposeCommand) == 0 {
 		cmd, err := DetectCompose(ctx, opts.DockerHost)
@@ -681,4 +677,18 @@ func ms(d time.Duration) string {
 
 func mib(kb int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+}
+
+// selfBinary sets *path, when empty, to this executable: the reeve binary
+// a benchmark packs into images and runs as the agent.
+func selfBinary(path *string) error {
+	if *path != "" {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the reeve binary: %w", err)
+	}
+	*path = exe
+	return nil
 }

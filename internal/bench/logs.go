@@ -105,12 +105,8 @@ func (o *LogsOptions) defaults() error {
 	if o.SampleEvery <= 0 {
 		o.SampleEvery = 200 * time.Millisecond
 	}
-	if o.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("find the reeve binary: %w", err)
-		}
-		o.Binary = exe
+	if err := selfBinary(&o.Binary); err != nil {
+		return err
 	}
 	return nil
 }

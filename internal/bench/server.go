@@ -106,12 +106,8 @@ func (o *ServerOptions) defaults() error {
 	if o.Wait < time.Second || o.Wait > serverapi.MaxWait*time.Second {
 		return fmt.Errorf("long poll wait %s: want 1s to %ds", o.Wait, serverapi.MaxWait)
 	}
-	if o.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("find the reeve binary: %w", err)
-		}
-		o.Binary = exe
+	if err := selfBinary(&o.Binary); err != nil {
+		return err
 	}
 	return nil
 }
