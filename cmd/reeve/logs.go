@@ -4,7 +4,6 @@ package main
 // -f, what comes after.
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,7 +29,8 @@ func logsCmd() *cobra.Command {
 		Short: "Show a device's log: its services' output and the agent's own lines",
 		Long: `Show a device's log as the fleet server keeps it: the newest --tail lines
 (oldest first), then with -f every line the device ships after them, until
-you stop it (Ctrl-C).
+you stop it (Ctrl-C). When the stream ends (the server restarts, the network
+goes) -f follows again from the last line shown.
 
 A line reads "2026-11-23 15:28:44.123 [web] listening on :80": the time
 the device wrote it (in this machine's time zone), then the service, with
@@ -59,17 +59,16 @@ one object a line, with each line's id and device.`,
 		},
 		RunE: deviceRun(func(cmd *cobra.Command, c *serverapi.Client, uuid string, _ []string) error {
 			out := cmd.OutOrStdout()
-			show := func(l reeve.LogLine) error { return printLogLine(out, l, asJSON) }
-			err := c.Logs(cmd.Context(), uuid, q, show)
-			switch {
-			case !q.Follow:
-				return err
-			case err == nil:
-				return errors.New("the fleet server ended the log stream (it is shutting down, or the device was removed): run the command again to go on")
-			case errors.Is(err, context.Canceled) && cmd.Context().Err() != nil:
-				return nil // stopped by the user
+			var last int64 // the ID of the last line shown
+			show := func(l reeve.LogLine) error {
+				last = max(last, l.ID)
+				return printLogLine(out, l, asJSON)
 			}
-			return err
+			err := c.Logs(cmd.Context(), uuid, q, show)
+			if !q.Follow {
+				return err
+			}
+			return followAgain(cmd, c, uuid, q, show, &last, err)
 		}),
 	}
 	f := cmd.Flags()
@@ -80,6 +79,47 @@ one object a line, with each line's id and device.`,
 	f.IntVar(&q.Limit, "tail", server.DefaultLogLimit, fmt.Sprintf("how many of the newest lines to show first (at most %d)", server.MaxLogLimit))
 	f.BoolVar(&asJSON, "json", false, "print the server's JSON, one object a line")
 	return cmd
+}
+
+// followAgain keeps `reeve logs -f` going when its stream ends (the
+// server restarted, the network went): it follows again from after the
+// last line shown, waiting longer each time it fails at once (up to
+// 30 s), until the user stops it or the server refuses (the device was
+// removed, the token revoked).
+func followAgain(cmd *cobra.Command, c *serverapi.Client, uuid string, q serverapi.LogQuery,
+	show func(reeve.LogLine) error, last *int64, err error) error {
+	ctx := cmd.Context()
+	wait := time.Second
+	for {
+		if ctx.Err() != nil {
+			return nil // stopped by the user
+		}
+		switch reeve.ErrorCode(err) {
+		case reeve.CodeNotFound, reeve.CodeUnauthorized, reeve.CodeForbidden, reeve.CodeInvalid:
+			return err
+		}
+		why := "the fleet server ended the log stream"
+		if err != nil {
+			why = err.Error()
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "reeve logs: %s; following again in %s\n", why, wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		if *last > 0 {
+			// What came meanwhile, up to the most the server gives.
+			q.After, q.Limit = *last, server.MaxLogLimit
+		}
+		start := time.Now()
+		err = c.Logs(ctx, uuid, q, show)
+		if time.Since(start) > time.Minute {
+			wait = time.Second
+		} else {
+			wait = min(2*wait, 30*time.Second)
+		}
+	}
 }
 
 // parseSince reads --since: an RFC 3339 time, or a duration before now.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"regexp"
 	"strings"
 	"sync"
@@ -13,6 +15,7 @@ import (
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/server"
 	"reeve.dev/reeve/internal/serverapi"
+	"reeve.dev/reeve/internal/serverd"
 	"reeve.dev/reeve/internal/serverd/serverdtest"
 )
 
@@ -219,4 +222,72 @@ func TestServerLogFlags(t *testing.T) {
 	dir := t.TempDir()
 	mustFail(t, 2, []string{"server", "--data", dir, "--listen", "127.0.0.1:0", "--log-max-lines", "0"}, "--log-max-lines")
 	mustFail(t, 2, []string{"server", "--data", dir, "--listen", "127.0.0.1:0", "--log-max-age", "10s"}, "--log-max-age")
+}
+
+// reeve logs -f outlives a restart of the fleet server: it follows again
+// from after the last line it showed, nothing twice, nothing missed.
+func TestLogsFollowSurvivesAServerRestart(t *testing.T) {
+	isolate(t)
+	ctx := context.Background()
+	const token = "cli-logs-admin-token-0123456789"
+	cfg := serverd.Config{DataDir: t.TempDir(), Listen: freeListenAddr(t), AdminToken: token}
+	m, stop := serverdtest.StartConfig(t, cfg)
+	mustRun(t, "login", m.URL(), "--token", token)
+	mustRun(t, "fleet", "create", "lobby")
+	op := serverapi.NewClient(m.URL(), token, nil)
+	k, err := op.CreateKey(ctx, "lobby", serverapi.CreateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid := strings.Repeat("ef", 16)
+	devKey := server.NewSecret()
+	if _, err := serverapi.NewClient(m.URL(), k.Key, nil).Register(ctx, serverapi.RegisterRequest{UUID: uuid, DeviceType: "generic-amd64", APIKey: devKey}); err != nil {
+		t.Fatal(err)
+	}
+	dev := serverapi.NewClient(m.URL(), devKey, nil)
+	ship := func(seq uint64, msg string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"seq":%d,"service":"web","message":%q}`+"\n", seq, msg)
+		if ack, err := dev.LogStream(ctx, uuid, "cli", strings.NewReader(body), false); err != nil || ack.Stored != 1 {
+			t.Fatalf("ship: %+v %v", ack, err)
+		}
+	}
+	ship(1, "before the restart")
+
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var out, errOut syncBuffer
+	cmd := rootCmd()
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs([]string{"logs", uuid, "-f"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(fctx) }()
+	waitOutput(t, &out, "before the restart")
+
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, &errOut, "following again")
+	_, stop = serverdtest.StartConfig(t, cfg)
+	defer stop()
+	ship(2, "after the restart")
+	waitOutput(t, &out, "after the restart")
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("logs -f stopped by the user: %v", err)
+	}
+	if n := strings.Count(out.String(), "before the restart"); n != 1 {
+		t.Errorf("the line before the restart was shown %d times:\n%s", n, out.String())
+	}
+}
+
+func freeListenAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
