@@ -91,6 +91,24 @@ func (f *logFollow) waitFor(t *testing.T, what string, cond func([]runtime.LogEn
 	}
 }
 
+// waitStarted waits until testprog in container id has said it started,
+// which it does once its signal handlers are in place: a container the
+// engine reports running may not have got that far, and a SIGTERM before
+// then is ignored (it is PID 1).
+func (s *suite) waitStarted(t *testing.T, id string) {
+	t.Helper()
+	f := s.follow(t, id, time.Time{})
+	f.waitFor(t, "testprog's started line", func(es []runtime.LogEntry) bool {
+		for _, e := range es {
+			if strings.HasPrefix(e.Message, "testprog ") && strings.HasSuffix(e.Message, " started") {
+				return true
+			}
+		}
+		return false
+	})
+	_ = f.stop(t)
+}
+
 // hasMessage is a waitFor condition: n entries with message msg.
 func hasMessage(msg string, n int) func([]runtime.LogEntry) bool {
 	return func(es []runtime.LogEntry) bool {

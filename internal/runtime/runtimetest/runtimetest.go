@@ -429,6 +429,7 @@ func (s *suite) testStopStart(t *testing.T) {
 	id := s.create(t, spec(app, "web", "c1", s.images.V1, nil))
 	s.start(t, id)
 	first := s.waitState(t, id, "running", running)
+	s.waitStarted(t, id)
 
 	began := time.Now()
 	if err := s.rt.Stop(ctx(t), id, 10*time.Second); err != nil {
@@ -459,7 +460,7 @@ func (s *suite) testStopKills(t *testing.T) {
 	id := s.create(t, spec(app, "stubborn", "c1", s.images.V1, map[string]string{"TESTPROG_IGNORE_TERM": "1"}))
 	s.start(t, id)
 	s.waitState(t, id, "running", running)
-	time.Sleep(300 * time.Millisecond) // let it install its signal handler
+	s.waitStarted(t, id)
 
 	began := time.Now()
 	if err := s.rt.Stop(ctx(t), id, time.Second); err != nil {
