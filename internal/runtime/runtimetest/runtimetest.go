@@ -431,12 +431,9 @@ func (s *suite) testStopStart(t *testing.T) {
 	first := s.waitState(t, id, "running", running)
 	s.waitStarted(t, id)
 
-	began := time.Now()
+	// It handles SIGTERM: exit 0, not the kill after the grace (137).
 	if err := s.rt.Stop(ctx(t), id, 10*time.Second); err != nil {
 		t.Fatalf("Stop: %v", err)
-	}
-	if d := time.Since(began); d > 8*time.Second {
-		t.Errorf("Stop of a process that handles SIGTERM took %v", d)
 	}
 	st, _ := s.state(t, id)
 	if st.Status != reeve.StatusExited || st.ExitCode != 0 || st.FinishedAt.IsZero() || st.IsRunning() {
@@ -466,9 +463,10 @@ func (s *suite) testStopKills(t *testing.T) {
 	if err := s.rt.Stop(ctx(t), id, time.Second); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	d := time.Since(began)
-	if d < 900*time.Millisecond || d > 8*time.Second {
-		t.Errorf("Stop with grace 1s of a process ignoring SIGTERM took %v", d)
+	// The grace is waited out before the kill (a lower bound is
+	// behaviour, not speed); the exit code says it was killed.
+	if d := time.Since(began); d < 900*time.Millisecond {
+		t.Errorf("Stop with grace 1s of a process ignoring SIGTERM took only %v: the grace was not given", d)
 	}
 	st, _ := s.state(t, id)
 	if st.Status != reeve.StatusExited || st.ExitCode != 137 {
