@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"regexp"
 	"strings"
@@ -50,27 +49,25 @@ func waitOutput(t *testing.T, out *syncBuffer, want string) {
 	}
 }
 
-// TestLogsAgainstTheRealServer reads a device's log with reeve logs from a
-// real server, with lines shipped through the device API as an agent does.
-func TestLogsAgainstTheRealServer(t *testing.T) {
-	isolate(t)
+const logsToken = "cli-logs-admin-token-0123456789"
+
+// logsDevice logs the CLI in to the server at url, makes fleet lobby with a
+// device uuid in it, and returns how to ship lines as that device does.
+func logsDevice(t *testing.T, url, uuid string) func(lines ...reeve.LogLine) {
+	t.Helper()
 	ctx := context.Background()
-	const token = "cli-logs-admin-token-0123456789"
-	m := serverdtest.Start(t, token, nil)
-	mustRun(t, "login", m.URL(), "--token", token)
+	mustRun(t, "login", url, "--token", logsToken)
 	mustRun(t, "fleet", "create", "lobby")
-	op := serverapi.NewClient(m.URL(), token, nil)
-	k, err := op.CreateKey(ctx, "lobby", serverapi.CreateKeyRequest{})
+	k, err := serverapi.NewClient(url, logsToken, nil).CreateKey(ctx, "lobby", serverapi.CreateKeyRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	uuid := strings.Repeat("cd", 16)
 	devKey := server.NewSecret()
-	if _, err := serverapi.NewClient(m.URL(), k.Key, nil).Register(ctx, serverapi.RegisterRequest{UUID: uuid, DeviceType: "generic-amd64", APIKey: devKey}); err != nil {
+	if _, err := serverapi.NewClient(url, k.Key, nil).Register(ctx, serverapi.RegisterRequest{UUID: uuid, DeviceType: "generic-amd64", APIKey: devKey}); err != nil {
 		t.Fatal(err)
 	}
-	dev := serverapi.NewClient(m.URL(), devKey, nil)
-	ship := func(lines ...reeve.LogLine) {
+	dev := serverapi.NewClient(url, devKey, nil)
+	return func(lines ...reeve.LogLine) {
 		t.Helper()
 		var body bytes.Buffer
 		enc := json.NewEncoder(&body)
@@ -83,6 +80,16 @@ func TestLogsAgainstTheRealServer(t *testing.T) {
 			t.Fatalf("ship: %+v %v", ack, err)
 		}
 	}
+}
+
+// TestLogsAgainstTheRealServer reads a device's log with reeve logs from a
+// real server, with lines shipped through the device API as an agent does.
+func TestLogsAgainstTheRealServer(t *testing.T) {
+	isolate(t)
+	ctx := context.Background()
+	m := serverdtest.Start(t, logsToken, nil)
+	uuid := strings.Repeat("cd", 16)
+	ship := logsDevice(t, m.URL(), uuid)
 	old := time.Now().Add(-time.Hour)
 	ship(
 		reeve.LogLine{Seq: 1, Timestamp: old, Service: "web", Message: "starting"},
@@ -229,28 +236,12 @@ func TestServerLogFlags(t *testing.T) {
 func TestLogsFollowSurvivesAServerRestart(t *testing.T) {
 	isolate(t)
 	ctx := context.Background()
-	const token = "cli-logs-admin-token-0123456789"
-	cfg := serverd.Config{DataDir: t.TempDir(), Listen: freeListenAddr(t), AdminToken: token}
+	cfg := serverd.Config{DataDir: t.TempDir(), Listen: freeListenAddr(t), AdminToken: logsToken}
 	m, stop := serverdtest.StartConfig(t, cfg)
-	mustRun(t, "login", m.URL(), "--token", token)
-	mustRun(t, "fleet", "create", "lobby")
-	op := serverapi.NewClient(m.URL(), token, nil)
-	k, err := op.CreateKey(ctx, "lobby", serverapi.CreateKeyRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	uuid := strings.Repeat("ef", 16)
-	devKey := server.NewSecret()
-	if _, err := serverapi.NewClient(m.URL(), k.Key, nil).Register(ctx, serverapi.RegisterRequest{UUID: uuid, DeviceType: "generic-amd64", APIKey: devKey}); err != nil {
-		t.Fatal(err)
-	}
-	dev := serverapi.NewClient(m.URL(), devKey, nil)
+	shipLines := logsDevice(t, m.URL(), uuid)
 	ship := func(seq uint64, msg string) {
-		t.Helper()
-		body := fmt.Sprintf(`{"seq":%d,"service":"web","message":%q}`+"\n", seq, msg)
-		if ack, err := dev.LogStream(ctx, uuid, "cli", strings.NewReader(body), false); err != nil || ack.Stored != 1 {
-			t.Fatalf("ship: %+v %v", ack, err)
-		}
+		shipLines(reeve.LogLine{Seq: seq, Timestamp: time.Now(), Service: "web", Message: msg})
 	}
 	ship(1, "before the restart")
 
