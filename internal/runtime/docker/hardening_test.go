@@ -476,3 +476,26 @@ func TestHelperImageIsReevesOwn(t *testing.T) {
 		t.Fatalf("ReplaceVolume through the helper image: %v", err)
 	}
 }
+
+// A volume someone else's container uses is not removed, and that
+// container is left alone: the error says so, after looking again a few
+// times for helpers that land late.
+func TestRemoveVolumeInUseKeepsTheUser(t *testing.T) {
+	s := newVolumeSetup(t, "reeve/inuse")
+	ctx := testCtx(t)
+	uuid := app(t, s.cli)
+	if err := s.rt.CreateVolume(ctx, reeve.VolumeSpec{AppUUID: uuid, Name: "data"}); err != nil {
+		t.Fatal(err)
+	}
+	user := helper(t, s.cli, s.image, uuid+"_data") // a plain container, not reeve's helper
+	err := s.rt.RemoveVolume(ctx, uuid, "data")
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("RemoveVolume of a volume in use: %v, want an error saying it is in use", err)
+	}
+	if _, err := s.cli.ContainerInspect(ctx, user, client.ContainerInspectOptions{}); err != nil {
+		t.Errorf("the container using the volume was touched: %v", err)
+	}
+	if _, ok := s.listed(t, uuid, "data"); !ok {
+		t.Error("the volume in use is gone from Snapshot")
+	}
+}

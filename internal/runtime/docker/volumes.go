@@ -292,21 +292,35 @@ func (r *Runtime) RemoveVolume(ctx context.Context, appUUID, name string) error 
 // interrupted copy left on it (the caller holds the volume's lock, so no
 // copy of this process uses them).
 func (r *Runtime) removeVolume(ctx context.Context, name string) error {
-	list, err := r.c.ContainerList(ctx, client.ContainerListOptions{
-		All:     true,
-		Filters: client.Filters{}.Add("label", LabelHelper+"=true").Add("volume", name),
-	})
-	if err != nil {
-		return r.wrap(err, "list helper containers of volume %s", name)
+	for attempt := 1; ; attempt++ {
+		list, err := r.c.ContainerList(ctx, client.ContainerListOptions{
+			All:     true,
+			Filters: client.Filters{}.Add("label", LabelHelper+"=true").Add("volume", name),
+		})
+		if err != nil {
+			return r.wrap(err, "list helper containers of volume %s", name)
+		}
+		for _, c := range list.Items {
+			r.removeHelper(ctx, c.ID)
+		}
+		_, err = r.c.VolumeRemove(ctx, name, client.VolumeRemoveOptions{})
+		switch {
+		case isNotFound(err):
+			return nil
+		case isConflict(err) && attempt < 4:
+			// In use: a helper created by an attempt cut short can land
+			// after the listing (the engine finishes what its client
+			// gave up on). Look again; a service's container that uses
+			// the volume keeps the error.
+			select {
+			case <-ctx.Done():
+				return r.wrap(err, "remove volume %s", name)
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			}
+			continue
+		}
+		return r.wrap(err, "remove volume %s", name)
 	}
-	for _, c := range list.Items {
-		r.removeHelper(ctx, c.ID)
-	}
-	_, err = r.c.VolumeRemove(ctx, name, client.VolumeRemoveOptions{})
-	if isNotFound(err) {
-		return nil
-	}
-	return r.wrap(err, "remove volume %s", name)
 }
 
 func (r *Runtime) inspectVolume(ctx context.Context, name string) (volume.Volume, bool, error) {
