@@ -21,9 +21,19 @@ type Fleet struct {
 	UpdateStrategy string `json:"update_strategy"`
 	// PinnedRelease is the commit every device of the fleet runs unless it
 	// is pinned itself; "" tracks the newest release.
-	PinnedRelease string    `json:"pinned_release,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
+	PinnedRelease string `json:"pinned_release,omitempty"`
+	// Class is ClassFleet for devices that run an agent, ClassDependent
+	// for devices that cannot (microcontrollers) and are carried by the
+	// agent of a gateway device of the Parent fleet.
+	Class string `json:"class"`
+	// ParentID is, for a dependent fleet, the fleet of the gateways
+	// whose agents carry its devices; 0 otherwise.
+	ParentID  int64     `json:"parent_id,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
+
+// Dependent reports whether the fleet's devices are dependent devices.
+func (f Fleet) Dependent() bool { return f.Class == ClassDependent }
 
 // DeviceTypeAny is the fleet device type that accepts devices of every type.
 const DeviceTypeAny = "any"
@@ -64,10 +74,17 @@ type Device struct {
 	KeyHash string `json:"-"`
 	// PinnedRelease is the commit this device runs whatever its fleet
 	// tracks; "" follows the fleet.
-	PinnedRelease string    `json:"pinned_release,omitempty"`
-	Tags          Tags      `json:"tags,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	LastSeen      time.Time `json:"last_seen,omitzero"`
+	PinnedRelease string `json:"pinned_release,omitempty"`
+	// GatewayID is, for a dependent device, the ID of the device whose
+	// agent carries it (provisioned it, keeps its target, reports its
+	// state and ships its log); 0 for a device with its own agent.
+	GatewayID int64 `json:"gateway_id,omitempty"`
+	// LocalID is a dependent device's own identifier on its link (a
+	// serial number, an LwM2M endpoint name), as its gateway gave it.
+	LocalID   string    `json:"local_id,omitempty"`
+	Tags      Tags      `json:"tags,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
 	// State is the merge of every report the device sent.
 	State DeviceReport `json:"state,omitzero"`
 	// ReportedAt is when the device last sent a report.
@@ -182,6 +199,13 @@ type DeviceReport struct {
 	TargetVersion *int64    `json:"target_version,omitempty"`
 	// Apps is keyed by app UUID.
 	Apps map[string]AppReport `json:"apps,omitempty"`
+
+	// Dependent devices only (reported by their gateway): whether the
+	// gateway hears from the device, and the environment and config
+	// variables the device runs with (each replaces the one before).
+	IsOnline    *bool             `json:"is_online,omitempty"`
+	Environment map[string]string `json:"environment,omitempty"`
+	Config      map[string]string `json:"config,omitempty"`
 }
 
 // AppReport is one app's state on a device.
@@ -246,5 +270,14 @@ func (r *DeviceReport) Merge(p DeviceReport) {
 	}
 	if p.Apps != nil {
 		r.Apps = p.Apps
+	}
+	if p.IsOnline != nil {
+		r.IsOnline = p.IsOnline
+	}
+	if p.Environment != nil {
+		r.Environment = p.Environment
+	}
+	if p.Config != nil {
+		r.Config = p.Config
 	}
 }

@@ -22,6 +22,10 @@ type DeviceTarget struct {
 const (
 	ClassFleet = "fleet"
 	ClassApp   = "app"
+	// ClassDependent is an app of dependent devices (microcontrollers)
+	// that a gateway's agent carries: its release is an image holding
+	// their firmware under /assets, and it never runs as a container.
+	ClassDependent = "dependent"
 )
 
 // App is one application with (at most) one target release.
@@ -30,6 +34,10 @@ type App struct {
 	Name     string             `json:"name"`
 	Class    string             `json:"class,omitempty"`
 	Releases map[string]Release `json:"releases"` // keyed by commit
+	// Config holds, for a dependent app in its gateway's target, the
+	// dependent fleet's config variables (such as REEVE_HOST_TYPE, the
+	// board its devices are).
+	Config map[string]string `json:"config,omitempty"`
 }
 
 // Release is one version of an app: its services, networks and volumes.

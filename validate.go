@@ -73,12 +73,13 @@ func parseApp(raw json.RawMessage, at string, p *problems) (App, bool) {
 		Name     string                     `json:"name"`
 		Class    string                     `json:"class"`
 		Releases map[string]json.RawMessage `json:"releases"`
+		Config   map[string]string          `json:"config"`
 	}
 	if err := strictDecode(raw, &w); err != nil {
 		p.add(at, "%v", err)
 		return App{}, false
 	}
-	app := App{ID: w.ID, Name: w.Name, Class: w.Class, Releases: map[string]Release{}}
+	app := App{ID: w.ID, Name: w.Name, Class: w.Class, Releases: map[string]Release{}, Config: w.Config}
 	ok := true
 	for commit, raw := range w.Releases {
 		rel, rok := parseRelease(raw, join(at, "releases", commit), p)
@@ -221,8 +222,22 @@ func (d DeviceTarget) validate(at string, p *problems) {
 func (a App) validate(at string, p *problems) {
 	switch a.Class {
 	case "", ClassFleet, ClassApp:
+		if len(a.Config) > 0 {
+			p.add(join(at, "config"), "only a dependent app has config: put device config in the device's config")
+		}
+	case ClassDependent:
+		for k := range a.Config {
+			if !envNameRe.MatchString(k) {
+				p.add(join(at, "config"), "invalid config variable name %q", k)
+			}
+		}
+		for _, commit := range sortedKeys(a.Releases) {
+			if n := len(a.Releases[commit].Services); n != 1 {
+				p.add(join(at, "releases", commit, "services"), "a dependent app's release is one image holding the firmware under /assets: found %d services", n)
+			}
+		}
 	default:
-		p.add(join(at, "class"), "unsupported app class %q: use %q or %q", a.Class, ClassFleet, ClassApp)
+		p.add(join(at, "class"), "unsupported app class %q: use %q, %q or %q", a.Class, ClassFleet, ClassApp, ClassDependent)
 	}
 	if a.ID < 0 {
 		p.add(join(at, "id"), "must not be negative")
