@@ -5,6 +5,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 
 	"reeve.dev/reeve"
@@ -107,8 +108,28 @@ type Runtime interface {
 	// nothing): ErrLogsUnreadable, wrapped in an error saying why.
 	Logs(ctx context.Context, id string, since time.Time, fn func(LogEntry) error) error
 
+	// ExportDir writes to w an uncompressed tar of the directory dir (an
+	// absolute path) of image, a reference as given to Fetch or an image
+	// ID, which must be on the device already: it is never downloaded.
+	// Entry names are relative to dir ("fw/a.bin" for dir/fw/a.bin,
+	// directories end in "/"); dir itself has no entry. Regular files,
+	// directories, symlinks (as links: never followed, whatever their
+	// target) and hard links (to entries of the tar) keep their modes;
+	// nothing else is promised. dir may be, or pass through, a symlink
+	// of the image, resolved inside the image. The tar is the image's
+	// content as it is, not checked: whoever unpacks or serves it
+	// sanitizes it first. An image not on the device: ErrNotFound
+	// (wrapped); dir missing in the image, or not a directory:
+	// ErrNotFound wrapped in an error that says so. On an error, what was
+	// written to w is a partial tar. It creates nothing that outlives the
+	// call except, after a crash, what Cleanup removes; w should be quick
+	// to take the bytes (a file, a pipe to one), since Cleanup waits for
+	// exports in progress.
+	ExportDir(ctx context.Context, image, dir string, w io.Writer) error
+
 	// Cleanup removes what reeve left behind and no longer needs (helper
-	// containers of interrupted volume copies). It removes no images:
-	// images reeve no longer needs are removed through RemoveImage.
+	// containers of interrupted volume copies and exports). It removes no
+	// images: images reeve no longer needs are removed through
+	// RemoveImage.
 	Cleanup(ctx context.Context) error
 }

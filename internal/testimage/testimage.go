@@ -121,6 +121,55 @@ func (r *Registry) Host() string { return r.host }
 // one test's image never finds it used by another test's container.
 func (r *Registry) Push(t testing.TB, repo, tag string, files map[string]string) string {
 	t.Helper()
+	var layer []byte
+	if len(files) > 0 {
+		layer = filesTar(files)
+	}
+	return r.push(t, repo, tag, layer)
+}
+
+// Entry is one entry of the layer PushEntries adds to an image.
+type Entry struct {
+	// Name is the path in the image, such as "/assets/fw.bin" (a leading
+	// "/" is optional). It is put in the layer as it is (without the
+	// leading "/"), not cleaned: odd names are what some tests are after.
+	Name string
+	// Type is a tar type flag: tar.TypeReg (also for 0), tar.TypeDir,
+	// tar.TypeSymlink, tar.TypeLink, tar.TypeFifo …
+	Type byte
+	// Mode is the permission bits (and setuid, setgid, sticky); 0 means
+	// 0644 for a file or hard link (engines give the linked file the
+	// mode of the link), 0755 for a directory, 0777 for a symlink.
+	Mode int64
+	// Content is a regular file's content.
+	Content string
+	// Linkname is the target of a symlink or hard link (for a hard link
+	// a path in the image without the leading "/", as tar has it).
+	Linkname string
+}
+
+// PushEntries is Push with a second layer of exactly entries, in their
+// order, for images with symlinks, hard links, modes and names that Push
+// cannot make. Parent directories not among the entries are added before
+// them (mode 0755), so that every path has its directories in the layer.
+// nil entries make an image with the program layer only.
+func (r *Registry) PushEntries(t testing.TB, repo, tag string, entries []Entry) string {
+	t.Helper()
+	var layer []byte
+	if len(entries) > 0 {
+		b, err := entriesTar(entries)
+		if err != nil {
+			t.Fatalf("testimage: entries: %v", err)
+		}
+		layer = b
+	}
+	return r.push(t, repo, tag, layer)
+}
+
+// push pushes an image of the program layer and layer (an uncompressed
+// tar; none if nil) as <host>/<repo>:<tag>.
+func (r *Registry) push(t testing.TB, repo, tag string, layer []byte) string {
+	t.Helper()
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
 		Author:       "testimage " + r.host,
 		OS:           "linux",
@@ -135,8 +184,8 @@ func (r *Registry) Push(t testing.TB, repo, tag string, files map[string]string)
 		t.Fatalf("testimage: config: %v", err)
 	}
 	layers := []v1.Layer{programLayer(t)}
-	if len(files) > 0 {
-		l, err := layerOf(filesTar(files))
+	if layer != nil {
+		l, err := layerOf(layer)
 		if err != nil {
 			t.Fatalf("testimage: files layer: %v", err)
 		}
@@ -236,6 +285,77 @@ func filesTar(files map[string]string) []byte {
 	}
 	tw.Close()
 	return buf.Bytes()
+}
+
+// entriesTar returns an uncompressed tar of entries in their order, after
+// the parent directories that are not among them.
+func entriesTar(entries []Entry) ([]byte, error) {
+	listed := map[string]bool{}
+	for _, e := range entries {
+		if e.Type == tar.TypeDir {
+			listed[strings.Trim(e.Name, "/")] = true
+		}
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	for _, e := range entries {
+		for d := path.Dir(strings.Trim(e.Name, "/")); d != "." && d != "/"; d = path.Dir(d) {
+			if !listed[d] && !seen[d] {
+				seen[d] = true
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	sort.Strings(dirs) // parents sort before their children
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range dirs {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755}); err != nil {
+			return nil, err
+		}
+	}
+	for _, e := range entries {
+		h := &tar.Header{
+			Typeflag: e.Type,
+			Name:     strings.TrimPrefix(e.Name, "/"),
+			Mode:     e.Mode,
+			Linkname: e.Linkname,
+		}
+		switch e.Type {
+		case 0, tar.TypeReg, tar.TypeLink:
+			if e.Type != tar.TypeLink {
+				h.Typeflag = tar.TypeReg
+				h.Size = int64(len(e.Content))
+			}
+			if h.Mode == 0 {
+				h.Mode = 0o644
+			}
+		case tar.TypeDir:
+			if !strings.HasSuffix(h.Name, "/") {
+				h.Name += "/"
+			}
+			if h.Mode == 0 {
+				h.Mode = 0o755
+			}
+		case tar.TypeSymlink:
+			if h.Mode == 0 {
+				h.Mode = 0o777
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, fmt.Errorf("%s: %w", e.Name, err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := io.WriteString(tw, e.Content); err != nil {
+				return nil, fmt.Errorf("%s: %w", e.Name, err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // layerOf makes a gzip layer of an uncompressed tar, compressing once.

@@ -84,6 +84,7 @@ func Run(t *testing.T, rt runtime.Runtime, images Images) {
 	t.Run("LogsNotFound", s.testLogsNotFound)
 	t.Run("LogsLongLine", s.testLogsLongLine)
 	t.Run("LogsCancel", s.testLogsCancel)
+	t.Run("ExportDir", s.testExportDir)
 	t.Run("RemoveImage", s.testRemoveImage)
 	t.Run("Cleanup", s.testCleanup)
 }
