@@ -27,22 +27,33 @@ func fleetCmd() *cobra.Command {
 func fleetCreateCmd() *cobra.Command {
 	var req serverapi.CreateFleetRequest
 	cmd := &cobra.Command{
-		Use:   "create NAME",
-		Short: "Create a fleet",
-		Args:  exactArgs(1),
+		Use:   "create NAME [--parent GATEWAY_FLEET]",
+		Short: "Create a fleet, or with --parent a fleet of dependent devices",
+		Long: `Create a fleet. With --parent, the fleet is one of dependent devices
+(microcontrollers that run no agent): the agents of the parent fleet's
+devices (gateways) register them and carry their firmware, which is a
+release of this fleet: one service whose image holds it under /assets.`,
+		Args: exactArgs(1),
 		RunE: withClient(func(cmd *cobra.Command, c *serverapi.Client, args []string) error {
 			req.Name = args[0]
 			f, err := c.CreateFleet(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "created fleet %s (id %d): device type %s, update strategy %s\n", f.Name, f.ID, f.DeviceType, f.UpdateStrategy)
-			fmt.Fprintf(cmd.OutOrStdout(), "next: reeve key create --fleet %s, then reeve push --fleet %s\n", f.Name, f.Name)
+			w := cmd.OutOrStdout()
+			if f.Dependent() {
+				fmt.Fprintf(w, "created dependent fleet %s (id %d) under fleet %s: device type %s\n", f.Name, f.ID, req.Parent, f.DeviceType)
+				fmt.Fprintf(w, "next: reeve push --fleet %s with one service whose image holds the firmware under /assets; the gateways of %s register its devices\n", f.Name, req.Parent)
+				return nil
+			}
+			fmt.Fprintf(w, "created fleet %s (id %d): device type %s, update strategy %s\n", f.Name, f.ID, f.DeviceType, f.UpdateStrategy)
+			fmt.Fprintf(w, "next: reeve key create --fleet %s, then reeve push --fleet %s\n", f.Name, f.Name)
 			return nil
 		}),
 	}
 	cmd.Flags().StringVar(&req.DeviceType, "type", "", "device type that may join (\"any\" accepts every type; default: the server's)")
 	cmd.Flags().StringVar(&req.UpdateStrategy, "strategy", "", "update strategy for services whose labels choose none (default: download-then-kill)")
+	cmd.Flags().StringVar(&req.Parent, "parent", "", "make a fleet of dependent devices, carried by the devices of this fleet (name or id)")
 	return cmd
 }
 
@@ -72,7 +83,7 @@ func fleetListCmd() *cobra.Command {
 func fleetRemoveCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm NAME",
-		Short: "Remove a fleet with its keys, releases and variables (refused while it has devices)",
+		Short: "Remove a fleet with its keys, releases and variables (refused while it has devices or dependent fleets)",
 		Args:  exactArgs(1),
 		RunE: withClient(func(cmd *cobra.Command, c *serverapi.Client, args []string) error {
 			if err := c.DeleteFleet(cmd.Context(), args[0]); err != nil {

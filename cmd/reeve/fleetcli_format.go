@@ -172,16 +172,32 @@ func problemList(err error) (string, bool) {
 	return b.String(), true
 }
 
-// fleetTable lists fleets; RELEASE is what their devices run: the newest
-// release or a pinned one.
+// fleetTable lists fleets; CLASS is fleet or dependent, PARENT the fleet
+// whose devices carry a dependent fleet's; RELEASE is what their devices
+// run: the newest release or a pinned one.
 func fleetTable(fleets []reeve.Fleet, now time.Time) table {
-	t := table{header: []string{"NAME", "ID", "DEVICE TYPE", "STRATEGY", "RELEASE", "CREATED"}}
+	t := table{header: []string{"NAME", "ID", "CLASS", "PARENT", "DEVICE TYPE", "STRATEGY", "RELEASE", "CREATED"}}
+	names := make(map[int64]string, len(fleets))
+	for _, f := range fleets {
+		names[f.ID] = f.Name
+	}
 	for _, f := range fleets {
 		release := "latest"
 		if f.PinnedRelease != "" {
 			release = "pinned " + f.PinnedRelease
 		}
-		t.rows = append(t.rows, []string{f.Name, fmt.Sprint(f.ID), orDash(f.DeviceType), orDash(f.UpdateStrategy), release, relTime(f.CreatedAt, now)})
+		class := f.Class
+		if class == "" {
+			class = reeve.ClassFleet
+		}
+		var parent string
+		if f.ParentID != 0 {
+			parent = names[f.ParentID]
+			if parent == "" {
+				parent = fmt.Sprint(f.ParentID)
+			}
+		}
+		t.rows = append(t.rows, []string{f.Name, fmt.Sprint(f.ID), class, orDash(parent), orDash(f.DeviceType), orDash(f.UpdateStrategy), release, relTime(f.CreatedAt, now)})
 	}
 	return t
 }
@@ -213,15 +229,24 @@ func releaseTable(rels []reeve.FleetRelease, now time.Time) table {
 
 // deviceTable lists devices with short UUIDs (longer when two devices
 // share their first characters) and the release each runs against the
-// one it should.
+// one it should. When dependent devices are listed, GATEWAY shows the
+// device that carries each.
 func deviceTable(devs []serverapi.DeviceView, now time.Time) table {
 	t := table{header: []string{"UUID", "NAME", "FLEET", "STATUS", "ONLINE", "COMMIT", "LAST SEEN"}}
+	gateways := slices.ContainsFunc(devs, func(d serverapi.DeviceView) bool { return d.Gateway != "" })
+	if gateways {
+		t.header = append(t.header, "GATEWAY")
+	}
 	n := uniquePrefix(devs)
 	for _, d := range devs {
-		t.rows = append(t.rows, []string{
+		row := []string{
 			short(d.UUID, n), orDash(d.Name), orDash(d.Fleet), statusText(d.State), yesNo(d.Online),
 			commitText(deref(d.State.Commit), d.TargetCommit), relTime(d.LastSeen, now),
-		})
+		}
+		if gateways {
+			row = append(row, orDash(short(d.Gateway, shortUUID)))
+		}
+		t.rows = append(t.rows, row)
 	}
 	return t
 }
@@ -272,12 +297,19 @@ func printDevice(w io.Writer, d serverapi.DeviceView, now time.Time) {
 	if st.PollInterval != nil {
 		pollInterval = st.PollInterval.D().String()
 	}
+	var reportedOnline string // a dependent device's, by its gateway
+	if st.IsOnline != nil {
+		reportedOnline = yesNo(*st.IsOnline)
+	}
 	printFields(w, [][2]string{
 		{"UUID", d.UUID},
 		{"Name", d.Name},
 		{"Fleet", d.Fleet},
 		{"Device type", d.DeviceType},
+		{"Gateway", d.Gateway},
+		{"Local ID", d.LocalID},
 		{"Online", online},
+		{"Reported online", reportedOnline},
 		{"Status", statusText(st)},
 		{"Commit", orDash(deref(st.Commit))},
 		{"Target commit", target},

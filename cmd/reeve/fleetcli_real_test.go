@@ -112,6 +112,41 @@ func TestOperatorCLIAgainstTheRealServer(t *testing.T) {
 		t.Fatalf("env ls after rm: %s", out)
 	}
 
+	// A fleet of dependent devices under lobby, whose device carries one.
+	out := mustRun(t, "fleet", "create", "sensors", "--parent", "lobby", "--type", "esp32")
+	if !strings.Contains(out, "created dependent fleet sensors") {
+		t.Fatalf("fleet create --parent:\n%s", out)
+	}
+	if out := mustRun(t, "fleet", "ls"); !strings.Contains(out, "dependent") {
+		t.Fatalf("fleet ls shows no dependent fleet:\n%s", out)
+	}
+	twoServices := writeFile(t, dir, "two.yml", "services:\n  fw:\n    image: registry.example.com/fw:1\n  web:\n    image: registry.example.com/web:1\n")
+	mustFail(t, 2, []string{"push", "--fleet", "sensors", "-f", twoServices}, "the server refused", "exactly one service")
+	firmware := writeFile(t, dir, "firmware.yml", "services:\n  firmware:\n    image: registry.example.com/fw:1\n")
+	mustRun(t, "push", "--fleet", "sensors", "-f", firmware)
+	var fleets []reeve.Fleet
+	if err := json.Unmarshal([]byte(mustRun(t, "fleet", "ls", "--json")), &fleets); err != nil || len(fleets) != 2 || fleets[1].Name != "sensors" {
+		t.Fatalf("fleet ls --json: %v %+v", err, fleets)
+	}
+	sensors := fleets[1]
+	if !sensors.Dependent() || sensors.ParentID != fleets[0].ID {
+		t.Fatalf("fleet ls --json shows sensors as %+v", sensors)
+	}
+	probe, err := dev.WithToken(devKey).RegisterDependent(ctx, uuid, serverapi.RegisterDependentRequest{AppID: sensors.ID, DeviceType: "esp32", Name: "probe", LocalID: "serial-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "devices", "--fleet", "sensors"); !strings.Contains(out, "probe") || !strings.Contains(out, "GATEWAY") || !strings.Contains(out, uuid[:7]) {
+		t.Fatalf("devices --fleet sensors:\n%s", out)
+	}
+	if out := mustRun(t, "device", "show", probe.UUID); !strings.Contains(out, "Gateway:") || !strings.Contains(out, "serial-1") {
+		t.Fatalf("device show of a dependent device:\n%s", out)
+	}
+	mustFail(t, 1, []string{"fleet", "rm", "lobby"}, "device")
+	mustFail(t, 1, []string{"device", "rm", uuid}, "remove them first")
+	mustRun(t, "device", "rm", probe.UUID)
+	mustRun(t, "fleet", "rm", "sensors")
+
 	// Revoke and remove.
 	mustRun(t, "device", "revoke-key", uuid[:8])
 	mustFail(t, 1, []string{"fleet", "rm", "lobby"}, "device")

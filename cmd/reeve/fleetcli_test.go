@@ -333,17 +333,19 @@ func TestUnauthorizedSaysToLogInAgain(t *testing.T) {
 }
 
 const fleetsJSON = `[
- {"id":1,"uuid":"c9ddd6a63673c833e1942d44b827a89e","name":"lobby","device_type":"raspberrypi4-64","update_strategy":"download-then-kill","created_at":"2026-01-01T00:00:00Z"},
- {"id":2,"uuid":"e7fb5db8fa58e7b8b94f15928c727d8d","name":"kiosks","device_type":"any","update_strategy":"hand-over","pinned_release":"9b3291230a27810d","created_at":"2026-01-02T00:00:00Z"}]`
+ {"id":1,"uuid":"c9ddd6a63673c833e1942d44b827a89e","name":"lobby","device_type":"raspberrypi4-64","update_strategy":"download-then-kill","class":"fleet","created_at":"2026-01-01T00:00:00Z"},
+ {"id":2,"uuid":"e7fb5db8fa58e7b8b94f15928c727d8d","name":"kiosks","device_type":"any","update_strategy":"hand-over","pinned_release":"9b3291230a27810d","class":"fleet","created_at":"2026-01-02T00:00:00Z"},
+ {"id":3,"uuid":"f1c0ffee8fa58e7b8b94f15928c727d8","name":"sensors","device_type":"esp32","update_strategy":"download-then-kill","class":"dependent","parent_id":1,"created_at":"2026-01-03T00:00:00Z"}]`
 
 func TestFleetCommands(t *testing.T) {
-	f := newFakeServer(t, map[string]answer{
+	routes := map[string]answer{
 		"POST /api/v1/fleets":          {http.StatusCreated, `{"id":3,"name":"new","device_type":"generic-amd64","update_strategy":"kill-then-download"}`},
 		"GET /api/v1/fleets":           ok(fleetsJSON),
 		"DELETE /api/v1/fleets/kiosks": noContent,
 		"PATCH /api/v1/fleets/lobby":   ok(`{"id":1,"name":"lobby","pinned_release":"9b3291230a27810d"}`),
 		"PATCH /api/v1/fleets/kiosks":  ok(`{"id":2,"name":"kiosks"}`),
-	})
+	}
+	f := newFakeServer(t, routes)
 	loggedIn(t, f)
 
 	out := mustRun(t, "fleet", "create", "new", "--type", "generic-amd64", "--strategy", "kill-then-download")
@@ -358,15 +360,31 @@ func TestFleetCommands(t *testing.T) {
 	mustRun(t, "fleet", "create", "bare")
 	jsonEqual(t, f.last(t).Body, `{"name":"bare"}`)
 
+	// A fleet of dependent devices: no provisioning key to make next.
+	routes["POST /api/v1/fleets"] = answer{http.StatusCreated, `{"id":3,"name":"sensors","device_type":"esp32","update_strategy":"download-then-kill","class":"dependent","parent_id":1}`}
+	out = mustRun(t, "fleet", "create", "sensors", "--parent", "lobby", "--type", "esp32")
+	jsonEqual(t, f.last(t).Body, `{"name":"sensors","device_type":"esp32","parent":"lobby"}`)
+	for _, want := range []string{"created dependent fleet sensors (id 3) under fleet lobby: device type esp32", "reeve push --fleet sensors", "/assets"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output %q does not say %q", out, want)
+		}
+	}
+	if strings.Contains(out, "key create") {
+		t.Errorf("output %q advises a provisioning key for a fleet of dependent devices", out)
+	}
+
 	rows := tableRows(mustRun(t, "fleet", "ls"))
-	if len(rows) != 3 || strings.Join(rows[0], " ") != "NAME ID DEVICE TYPE STRATEGY RELEASE CREATED" {
+	if len(rows) != 4 || strings.Join(rows[0], " ") != "NAME ID CLASS PARENT DEVICE TYPE STRATEGY RELEASE CREATED" {
 		t.Fatalf("table %q", rows)
 	}
-	if got := strings.Join(rows[1][:5], " "); got != "lobby 1 raspberrypi4-64 download-then-kill latest" {
-		t.Errorf("row %q", got)
-	}
-	if got := strings.Join(rows[2][:6], " "); got != "kiosks 2 any hand-over pinned 9b3291230a27810d" {
-		t.Errorf("row %q", got)
+	for i, want := range []string{
+		"lobby 1 fleet - raspberrypi4-64 download-then-kill latest",
+		"kiosks 2 fleet - any hand-over pinned 9b3291230a27810d",
+		"sensors 3 dependent lobby esp32 download-then-kill latest",
+	} {
+		if got := strings.Join(rows[i+1], " "); !strings.HasPrefix(got, want) {
+			t.Errorf("row %q, want it to start with %q", got, want)
+		}
 	}
 	jsonEqual(t, mustRun(t, "fleet", "ls", "--json"), fleetsJSON)
 
@@ -682,6 +700,56 @@ func TestDevicesList(t *testing.T) {
 	if r := f.last(t); r.Query != "fleet=lobby+%26+co" {
 		t.Errorf("query %q, want the fleet escaped", r.Query)
 	}
+}
+
+const uuidD = "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6"
+
+// dependentsJSON lists a dependent fleet's devices: one online (its
+// gateway online, and it reported online), one not.
+var dependentsJSON = `[
+ {"id":4,"uuid":"` + uuidD + `","name":"probe","fleet_id":3,"device_type":"esp32","gateway_id":1,"local_id":"serial-1",
+  "created_at":"2026-01-01T00:00:00Z","state":{"status":"Idle","commit":"cccccccccccccccc","is_online":true},
+  "online":true,"fleet":"sensors","target_commit":"cccccccccccccccc","gateway":"` + uuidA + `"},
+ {"id":5,"uuid":"` + uuidC + `","name":"spare","fleet_id":3,"device_type":"esp32","gateway_id":1,
+  "created_at":"2026-01-01T00:00:00Z","state":{"is_online":false},"online":false,"fleet":"sensors","target_commit":"cccccccccccccccc","gateway":"` + uuidA + `"}]`
+
+func TestDependentDevices(t *testing.T) {
+	f := newFakeServer(t, map[string]answer{
+		"GET /api/v1/devices":          ok(dependentsJSON),
+		"GET /api/v1/devices/" + uuidD: ok(`{"uuid":"` + uuidD + `","name":"probe","device_type":"esp32","gateway_id":1,"local_id":"serial-1","state":{"status":"Idle","commit":"aaaaaaaaaaaaaaaa","is_online":true},"online":true,"fleet":"sensors","target_commit":"cccccccccccccccc","gateway":"` + uuidA + `"}`),
+	})
+	loggedIn(t, f)
+	rows := tableRows(mustRun(t, "devices", "--fleet", "sensors"))
+	if len(rows) != 3 || strings.Join(rows[0], " ") != "UUID NAME FLEET STATUS ONLINE COMMIT LAST SEEN GATEWAY" {
+		t.Fatalf("table %q", rows)
+	}
+	for i, want := range []string{
+		"d1e2f3a probe sensors Idle yes ccccccc never 5d6c4a0",
+		"0be11a3 spare sensors - no - -> ccccccc never 5d6c4a0",
+	} {
+		if got := strings.Join(rows[i+1], " "); got != want {
+			t.Errorf("row %q, want %q", got, want)
+		}
+	}
+	out := mustRun(t, "device", "show", uuidD)
+	for _, want := range [][2]string{
+		{"Gateway:", uuidA}, {"Local ID:", "serial-1"}, {"Online:", "yes"}, {"Reported online:", "yes"},
+		{"Status:", "Idle"}, {"Commit:", "aaaaaaaaaaaaaaaa"}, {"Target commit:", "cccccccccccccccc"},
+	} {
+		if !regexpLine(out, want[0], want[1]) {
+			t.Errorf("device show %q has no line %s %s", out, want[0], want[1])
+		}
+	}
+}
+
+// regexpLine reports whether out has a line with label then value.
+func regexpLine(out, label, value string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(line, label) && strings.Contains(line, value) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestDevicePrefixes(t *testing.T) {

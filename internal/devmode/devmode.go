@@ -144,7 +144,7 @@ func (m *Main) provision(ctx context.Context, confPath string) error {
 		return conf.Save()
 	}
 	s := m.server.Server()
-	if _, err := s.CreateFleet(ctx, fleetName, reeve.DeviceTypeAny, ""); err != nil && reeve.ErrorCode(err) != reeve.CodeConflict {
+	if _, err := s.CreateFleet(ctx, server.CreateFleetRequest{Name: fleetName, DeviceType: reeve.DeviceTypeAny}); err != nil && reeve.ErrorCode(err) != reeve.CodeConflict {
 		return fmt.Errorf("create the %s fleet: %w", fleetName, err)
 	}
 	key, _, err := s.CreateProvisioningKey(ctx, fleetName, "reeve dev", time.Time{})

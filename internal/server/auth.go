@@ -107,8 +107,11 @@ func (s *Server) Register(ctx context.Context, provKey string, req RegisterReque
 	if err != nil {
 		return reeve.Device{}, err
 	}
-	if f.DeviceType != reeve.DeviceTypeAny && f.DeviceType != req.DeviceType {
-		return reeve.Device{}, reeve.Errorf(reeve.CodeInvalid, "a %s device cannot join fleet %q, which is for %s devices", req.DeviceType, f.Name, f.DeviceType)
+	if f.Dependent() {
+		return reeve.Device{}, reeve.Errorf(reeve.CodeForbidden, "fleet %q is a fleet of dependent devices: they join through their gateway's agent, not with a provisioning key", f.Name)
+	}
+	if err := checkDeviceType(f, req.DeviceType); err != nil {
+		return reeve.Device{}, err
 	}
 	name := req.Name
 	if name == "" {
@@ -125,6 +128,14 @@ func (s *Server) Register(ctx context.Context, provKey string, req RegisterReque
 		s.log.Info("device registered", "uuid", d.UUID, "fleet", f.Name, "type", d.DeviceType)
 	}
 	return d, err
+}
+
+// checkDeviceType refuses a device of a type the fleet does not take.
+func checkDeviceType(f reeve.Fleet, deviceType string) error {
+	if f.DeviceType != reeve.DeviceTypeAny && f.DeviceType != deviceType {
+		return reeve.Errorf(reeve.CodeInvalid, "a %s device cannot join fleet %q, which is for %s devices", deviceType, f.Name, f.DeviceType)
+	}
+	return nil
 }
 
 // KeyExchange gives a registered device a new device key, on the word of a

@@ -12,7 +12,9 @@ import (
 // A poll whose fleet is still at that generation is answered from here
 // without touching the store; every change that can alter either (a
 // release, a variable, a pin, a rename, a revoked or exchanged key, a
-// deletion) notifies the fleet and so ends the generation.
+// deletion, and any of these in a dependent fleet of the fleet, whose
+// devices are in its gateways' targets) notifies the fleet and so ends
+// the generation.
 //
 // The cache is per process, which is right for one server on SQLite.
 // Several servers on one PostgreSQL database will have to carry the
@@ -60,6 +62,11 @@ func (s *Server) cachedDevice(uuid string) (*polled, bool) {
 // afresh (and cached) when its fleet changed since. fleetID is the fleet
 // the caller saw the device in: devices do not move between fleets.
 func (s *Server) polledDevice(ctx context.Context, uuid string, fleetID int64) (*polled, error) {
+	// A gateway's target holds its dependent fleets': their changes end
+	// its fleet's generation once the hub knows them.
+	if err := s.linkFleets(ctx); err != nil {
+		return nil, err
+	}
 	g := s.hub.gen(fleetID) // before reading: a change after it ends what is read
 	if p := s.polls.get(uuid); p != nil && p.gen == g {
 		return p, nil

@@ -13,9 +13,14 @@ import (
 // DeviceView is a device as operators see it.
 type DeviceView struct {
 	reeve.Device
+	// Online is, for a dependent device, whether its gateway reported
+	// it online and is online itself.
 	Online       bool   `json:"online"`
 	Fleet        string `json:"fleet"`
 	TargetCommit string `json:"target_commit"`
+	// Gateway is, for a dependent device, the UUID of the device that
+	// carries it.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // Seen records that a device was heard from. It is kept in memory and
@@ -86,14 +91,46 @@ func (s *Server) online(d *reeve.Device) bool {
 	return s.now().Sub(d.LastSeen) <= interval*3/2
 }
 
-// viewMemo keeps what listing many devices reads once per fleet.
+// viewMemo keeps what listing many devices reads once per fleet, and
+// once per gateway.
 type viewMemo struct {
-	fleets map[int64]reeve.Fleet
-	latest map[int64]string // fleet → the commit it tracks ("" for none)
+	fleets   map[int64]reeve.Fleet
+	latest   map[int64]string      // fleet → the commit it tracks ("" for none)
+	gateways map[int64]gatewayView // gateway device ID → what its dependents show of it
+}
+
+// gatewayView is what a dependent device's view shows of its gateway.
+type gatewayView struct {
+	uuid   string // "" when it is gone
+	online bool
 }
 
 func newViewMemo() *viewMemo {
-	return &viewMemo{fleets: map[int64]reeve.Fleet{}, latest: map[int64]string{}}
+	return &viewMemo{fleets: map[int64]reeve.Fleet{}, latest: map[int64]string{}, gateways: map[int64]gatewayView{}}
+}
+
+// gateway returns what a dependent device's view shows of its gateway,
+// read once per memo.
+func (s *Server) gateway(ctx context.Context, id int64, memo *viewMemo) (gatewayView, error) {
+	if g, ok := memo.gateways[id]; ok {
+		return g, nil
+	}
+	var g gatewayView
+	gw, err := s.st.DeviceByID(ctx, id)
+	switch {
+	case reeve.ErrorCode(err) == reeve.CodeNotFound: // removed meanwhile: it carries nothing
+	case err != nil:
+		return g, err
+	default:
+		g = gatewayView{uuid: gw.UUID, online: s.online(&gw)}
+	}
+	memo.gateways[id] = g
+	return g, nil
+}
+
+// dependentOnline: its gateway reported it online, and is online itself.
+func dependentOnline(d reeve.Device, gw gatewayView) bool {
+	return d.State.IsOnline != nil && *d.State.IsOnline && gw.online
 }
 
 func (s *Server) view(ctx context.Context, d reeve.Device, memo *viewMemo) (DeviceView, error) {
@@ -107,7 +144,15 @@ func (s *Server) view(ctx context.Context, d reeve.Device, memo *viewMemo) (Devi
 	}
 	v := DeviceView{Device: d, Fleet: f.Name}
 	v.State.APIKey = nil // a secret of the device's
-	v.Online = s.online(&v.Device)
+	if d.GatewayID != 0 {
+		gw, err := s.gateway(ctx, d.GatewayID, memo)
+		if err != nil {
+			return DeviceView{}, err
+		}
+		v.Gateway, v.Online = gw.uuid, dependentOnline(d, gw)
+	} else {
+		v.Online = s.online(&v.Device)
+	}
 	if d.PinnedRelease != "" {
 		v.TargetCommit = d.PinnedRelease
 		return v, nil
@@ -218,7 +263,9 @@ func (s *Server) RevokeDeviceKey(ctx context.Context, uuid string) error {
 	return err
 }
 
-// DeleteDevice removes a device, its variables and its log lines.
+// DeleteDevice removes a device, its variables and its log lines. A
+// dependent device leaves its gateway's target at once; a gateway that
+// still carries dependent devices is refused (conflict).
 func (s *Server) DeleteDevice(ctx context.Context, uuid string) error {
 	d, err := s.device(ctx, uuid)
 	if err != nil {
@@ -309,63 +356,175 @@ func nonNilTags(t reeve.Tags) reeve.Tags {
 	return t
 }
 
-// Report merges what a device reported into its state.
-func (s *Server) Report(ctx context.Context, dev reeve.Device, cs reeve.CurrentState) error {
-	if len(cs) != 1 {
-		return reeve.Errorf(reeve.CodeInvalid, "the report must hold exactly one device, keyed by its UUID (%d given)", len(cs))
+// ReportingDevice returns the UUID of the device that sends a report with
+// key: the one entry of a report with one, else (a gateway's report, with
+// entries for the dependent devices it carries) the key's device. Check
+// the key itself with AuthDevice.
+func (s *Server) ReportingDevice(ctx context.Context, key string, cs reeve.CurrentState) (string, error) {
+	switch len(cs) {
+	case 0:
+		return "", reeve.Errorf(reeve.CodeInvalid, "the report holds no device: key it by this device's UUID")
+	case 1:
+		for uuid := range cs {
+			return uuid, nil
+		}
 	}
+	if key == "" {
+		return "", errNoDeviceKey
+	}
+	d, err := s.st.DeviceByKeyHash(ctx, Hash(key))
+	switch {
+	case reeve.ErrorCode(err) == reeve.CodeNotFound:
+		return "", reeve.Errorf(reeve.CodeUnauthorized, "this device key is not valid (unknown, revoked, or the device was deleted): provision the device again")
+	case err != nil:
+		return "", err
+	}
+	if _, ok := cs[d.UUID]; !ok {
+		return "", reeve.Errorf(reeve.CodeForbidden, "this key is device %s's, and the report holds no entry for it: a device reports its own entry, and those of the dependent devices it carries", d.UUID)
+	}
+	return d.UUID, nil
+}
+
+// Report merges what a device reported into its state. A gateway's
+// report may also hold entries for the dependent devices it carries, of
+// which status, is_online, commit, environment and config are taken (any
+// other field refuses the report); entries for devices it does not carry
+// (or no longer) are skipped. The report is written whole or not at all.
+func (s *Server) Report(ctx context.Context, dev reeve.Device, cs reeve.CurrentState) error {
 	rep, ok := cs[dev.UUID]
 	if !ok {
-		for other := range cs {
+		for _, other := range sortedKeys(cs) {
 			return reeve.Errorf(reeve.CodeForbidden, "this key is device %s's: it cannot report for device %s", dev.UUID, other)
 		}
+		return reeve.Errorf(reeve.CodeInvalid, "the report holds no device: key it by this device's UUID")
 	}
 	if err := checkReport(rep); err != nil {
 		return err
 	}
+	if err := checkDependentReports(dev.UUID, cs); err != nil {
+		return err
+	}
+	updates, skipped := s.reportUpdates(dev, cs)
+	errs, err := s.writeReport(ctx, updates)
+	if err != nil {
+		return err
+	}
+	if errs[0] != nil {
+		return errs[0]
+	}
+	for i, uerr := range errs[1:] {
+		switch {
+		case uerr == nil:
+		case uerr == errNotCarried || reeve.ErrorCode(uerr) == reeve.CodeNotFound:
+			skipped = append(skipped, updates[i+1].UUID)
+		default:
+			return uerr
+		}
+	}
+	if len(skipped) > 0 {
+		s.log.Debug("report entries skipped: not dependent devices this device carries", "device", dev.UUID, "skipped", skipped)
+	}
+	return nil
+}
+
+// errNotCarried refuses the update of a report's entry for a device that
+// the reporting device does not carry: the entry is skipped.
+var errNotCarried = reeve.Errorf(reeve.CodeForbidden, "not a dependent device of this gateway")
+
+// errGatewayNotWritten refuses the updates of a gateway's dependent
+// devices when its own update failed: a report is written whole or not
+// at all.
+var errGatewayNotWritten = reeve.Errorf(reeve.CodeConflict, "the gateway's own entry was not written")
+
+// reportUpdates are the store updates of a report: the device's own
+// first, then one per other entry (a dependent device of the device, or
+// skipped when written). skipped lists the entries left out at once.
+func (s *Server) reportUpdates(dev reeve.Device, cs reeve.CurrentState) (updates []store.DeviceUpdate, skipped []string) {
+	rep := cs[dev.UUID]
 	rep.Name = nil // the operator names devices
 	now := s.now()
-	merge := func(d *reeve.Device) error {
+	ownWritten := false // the updates run in order, in one transaction
+	updates = append(updates, store.DeviceUpdate{UUID: dev.UUID, Fn: func(d *reeve.Device) error {
 		d.State.Merge(rep)
 		d.ReportedAt = now
 		if now.After(d.LastSeen) {
 			d.LastSeen = now
 		}
+		ownWritten = true
 		return nil
+	}})
+	for _, uuid := range sortedKeys(cs) {
+		if uuid == dev.UUID {
+			continue
+		}
+		if dev.GatewayID != 0 { // a dependent device carries none
+			skipped = append(skipped, uuid)
+			continue
+		}
+		dep := dependentReport(cs[uuid])
+		updates = append(updates, store.DeviceUpdate{UUID: uuid, Fn: func(d *reeve.Device) error {
+			switch {
+			case !ownWritten:
+				return errGatewayNotWritten
+			case d.GatewayID != dev.ID:
+				return errNotCarried
+			}
+			d.State.Merge(dep)
+			d.ReportedAt = now
+			if d.State.IsOnline != nil && *d.State.IsOnline && now.After(d.LastSeen) {
+				d.LastSeen = now // its gateway hears from it
+			}
+			return nil
+		}})
 	}
+	return updates, skipped
+}
+
+// writeReport writes a report's updates in one transaction and returns
+// each one's error (UpdateDevices). Reports share commits: each one is a
+// small write, and one fsync per report would cap a server near a
+// thousand devices reporting at once. The answer waits for the commit, so
+// an accepted report is stored.
+func (s *Server) writeReport(ctx context.Context, updates []store.DeviceUpdate) ([]error, error) {
 	if !s.batching.Load() {
-		_, err := s.st.UpdateDevice(ctx, dev.UUID, merge)
-		return err
+		return s.st.UpdateDevices(ctx, updates)
 	}
-	// Reports share commits: each one is a small write, and one fsync per
-	// report would cap a server near a thousand devices reporting at once.
-	// The answer waits for the commit, so an accepted report is stored.
-	r := reportReq{update: store.DeviceUpdate{UUID: dev.UUID, Fn: merge}, done: make(chan error, 1)}
+	r := reportReq{updates: updates, done: make(chan reportRes, 1)}
 	select {
 	case s.reports <- r:
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-s.closed:
-		return errShuttingDown
+		return nil, errShuttingDown
 	}
 	select {
-	case err := <-r.done:
-		return err
+	case res := <-r.done:
+		return res.errs, res.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-s.closed:
-		return errShuttingDown
+		return nil, errShuttingDown
 	}
 }
 
 var errShuttingDown = reeve.Errorf(reeve.CodeUnavailable, "the server is shutting down: send it again")
 
+// reportReq is one report for writeReports: its updates, written in one
+// transaction with those of other reports.
 type reportReq struct {
-	update store.DeviceUpdate
-	done   chan error
+	updates []store.DeviceUpdate
+	done    chan reportRes
 }
 
-// maxReportBatch bounds how many reports share one commit.
+// reportRes is what came of a reportReq: each update's error, or err for
+// the transaction as a whole.
+type reportRes struct {
+	errs []error
+	err  error
+}
+
+// maxReportBatch bounds how many updates (of a device each) share one
+// commit: a report's are never split.
 const maxReportBatch = 512
 
 // writeReports writes queued reports, as many per commit as have queued up
@@ -380,26 +539,27 @@ func (s *Server) writeReports(ctx context.Context) {
 			return
 		case r := <-s.reports:
 			batch = append(batch, r)
+			updates = append(updates, r.updates...)
 		}
 	more:
-		for len(batch) < maxReportBatch {
+		for len(updates) < maxReportBatch {
 			select {
 			case r := <-s.reports:
 				batch = append(batch, r)
+				updates = append(updates, r.updates...)
 			default:
 				break more
 			}
 		}
-		for _, r := range batch {
-			updates = append(updates, r.update)
-		}
 		errs, err := s.st.UpdateDevices(ctx, updates)
-		for i, r := range batch {
+		for _, r := range batch {
 			if err != nil {
-				r.done <- err
-			} else {
-				r.done <- errs[i]
+				r.done <- reportRes{err: err}
+				continue
 			}
+			n := len(r.updates)
+			r.done <- reportRes{errs: errs[:n:n]}
+			errs = errs[n:]
 		}
 	}
 }

@@ -24,31 +24,83 @@ func validStrategy(s string) bool {
 
 const strategies = "download-then-kill, kill-then-download, delete-then-download or hand-over"
 
-// CreateFleet makes a fleet. An empty device type accepts every type; an
-// empty strategy is download-then-kill.
-func (s *Server) CreateFleet(ctx context.Context, name, deviceType, strategy string) (reeve.Fleet, error) {
+// CreateFleetRequest is what a fleet is made of.
+type CreateFleetRequest struct {
+	Name string
+	// DeviceType is the type of device that may join; "" accepts every
+	// type.
+	DeviceType string
+	// UpdateStrategy is the default of services whose labels choose
+	// none; "" is download-then-kill.
+	UpdateStrategy string
+	// Parent is, for a fleet of dependent devices, the fleet (name or
+	// id) of the gateways whose agents carry them; "" for a fleet of
+	// devices that run an agent.
+	Parent string
+}
+
+// CreateFleet makes a fleet: with a Parent, a dependent one (class
+// dependent), whose devices the devices of the parent carry.
+func (s *Server) CreateFleet(ctx context.Context, req CreateFleetRequest) (reeve.Fleet, error) {
 	var p []reeve.Problem
-	if !fleetName.MatchString(name) {
-		p = append(p, reeve.Problem{Path: "name", Message: fmt.Sprintf("%q is not a fleet name: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", name)})
-	} else if _, err := strconv.ParseInt(name, 10, 64); err == nil {
+	if !fleetName.MatchString(req.Name) {
+		p = append(p, reeve.Problem{Path: "name", Message: fmt.Sprintf("%q is not a fleet name: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)})
+	} else if _, err := strconv.ParseInt(req.Name, 10, 64); err == nil {
 		p = append(p, reeve.Problem{Path: "name", Message: "a fleet name cannot be only digits: those are fleet ids"})
 	}
-	if deviceType == "" {
-		deviceType = reeve.DeviceTypeAny
-	} else if len(deviceType) > 64 {
+	f := reeve.Fleet{UUID: newUUID(), Name: req.Name, DeviceType: req.DeviceType, UpdateStrategy: req.UpdateStrategy, Class: reeve.ClassFleet, CreatedAt: s.now()}
+	if f.DeviceType == "" {
+		f.DeviceType = reeve.DeviceTypeAny
+	} else if len(f.DeviceType) > 64 {
 		p = append(p, reeve.Problem{Path: "device_type", Message: "longer than 64 characters"})
 	}
-	if strategy == "" {
-		strategy = reeve.StrategyDownloadThenKill
-	} else if !validStrategy(strategy) {
-		p = append(p, reeve.Problem{Path: "update_strategy", Message: fmt.Sprintf("%q is not an update strategy: use %s", strategy, strategies)})
+	if f.UpdateStrategy == "" {
+		f.UpdateStrategy = reeve.StrategyDownloadThenKill
+	} else if !validStrategy(f.UpdateStrategy) {
+		p = append(p, reeve.Problem{Path: "update_strategy", Message: fmt.Sprintf("%q is not an update strategy: use %s", f.UpdateStrategy, strategies)})
+	}
+	if req.Parent != "" {
+		parent, problem, err := s.parentFleet(ctx, req.Parent)
+		if err != nil {
+			return reeve.Fleet{}, err
+		}
+		if problem != "" {
+			p = append(p, reeve.Problem{Path: "parent", Message: problem})
+		}
+		f.Class, f.ParentID = reeve.ClassDependent, parent.ID
 	}
 	if len(p) > 0 {
 		return reeve.Fleet{}, &reeve.ValidationError{Problems: p}
 	}
-	return s.st.CreateFleet(ctx, reeve.Fleet{
-		UUID: newUUID(), Name: name, DeviceType: deviceType, UpdateStrategy: strategy, CreatedAt: s.now(),
-	})
+	created, err := s.st.CreateFleet(ctx, f)
+	if reeve.ErrorCode(err) == reeve.CodeNotFound && f.ParentID != 0 { // the parent went meanwhile
+		return reeve.Fleet{}, &reeve.ValidationError{Problems: []reeve.Problem{{Path: "parent", Message: fmt.Sprintf("no fleet %q: `reeve fleet ls` lists them", req.Parent)}}}
+	}
+	if err != nil {
+		return reeve.Fleet{}, err
+	}
+	if created.Dependent() {
+		// Its gateways' targets get its app.
+		s.hub.link(created)
+		s.hub.notify(created.ID)
+		s.log.Info("dependent fleet created", "fleet", created.Name, "parent", req.Parent)
+	}
+	return created, nil
+}
+
+// parentFleet finds the fleet a dependent fleet is to be made under; when
+// it cannot be one, problem says why.
+func (s *Server) parentFleet(ctx context.Context, nameOrID string) (parent reeve.Fleet, problem string, err error) {
+	parent, err = s.Fleet(ctx, nameOrID)
+	switch {
+	case reeve.ErrorCode(err) == reeve.CodeNotFound:
+		return parent, fmt.Sprintf("no fleet %q: the parent is the fleet of the gateways that carry the devices (`reeve fleet ls` lists them)", nameOrID), nil
+	case err != nil:
+		return parent, "", err
+	case parent.Dependent():
+		return parent, fmt.Sprintf("fleet %q is itself a fleet of dependent devices: the parent is the fleet of the gateways, whose devices run an agent", parent.Name), nil
+	}
+	return parent, "", nil
 }
 
 func newUUID() string { return NewSecret()[:32] }
@@ -110,7 +162,8 @@ func (s *Server) DeleteFleet(ctx context.Context, nameOrID string) error {
 	if err := s.st.DeleteFleet(ctx, f.ID); err != nil {
 		return err
 	}
-	s.hub.notify(f.ID)
+	s.hub.notify(f.ID) // a dependent fleet's gateways lose its app
+	s.hub.unlink(f.ID)
 	return nil
 }
 
@@ -120,6 +173,10 @@ func (s *Server) CreateProvisioningKey(ctx context.Context, nameOrID, name strin
 	f, err := s.Fleet(ctx, nameOrID)
 	if err != nil {
 		return "", reeve.ProvisioningKey{}, err
+	}
+	if f.Dependent() {
+		return "", reeve.ProvisioningKey{}, reeve.Errorf(reeve.CodeInvalid,
+			"fleet %q is a fleet of dependent devices: they join through the agent of their gateway (a device of its parent fleet), not with a provisioning key", f.Name)
 	}
 	if len(name) > 128 {
 		return "", reeve.ProvisioningKey{}, reeve.Errorf(reeve.CodeInvalid, "name: longer than 128 characters")
@@ -170,6 +227,11 @@ func (s *Server) Push(ctx context.Context, nameOrID string, data []byte) (reeve.
 	if err != nil {
 		return reeve.FleetRelease{}, false, err
 	}
+	if f.Dependent() {
+		if err := checkDependentRelease(f, rel); err != nil {
+			return reeve.FleetRelease{}, false, err
+		}
+	}
 	numberServices(&rel)
 	r, err := s.st.CreateRelease(ctx, reeve.FleetRelease{FleetID: f.ID, Commit: commit, Compose: string(data), Release: rel, CreatedAt: s.now()})
 	if reeve.ErrorCode(err) == reeve.CodeConflict { // pushed at the same time
@@ -182,6 +244,22 @@ func (s *Server) Push(ctx context.Context, nameOrID string, data []byte) (reeve.
 	s.log.Info("release pushed", "fleet", f.Name, "commit", commit, "services", len(rel.Services))
 	s.hub.notify(f.ID)
 	return r, true, nil
+}
+
+// checkDependentRelease checks a release of a dependent fleet: it is one
+// image, which holds the devices' firmware under /assets and never runs.
+func checkDependentRelease(f reeve.Fleet, rel reeve.Release) error {
+	if n := len(rel.Services); n != 1 {
+		return &reeve.ValidationError{Problems: []reeve.Problem{{Path: "services", Message: fmt.Sprintf(
+			"fleet %q is a fleet of dependent devices: its release is exactly one service, whose image holds the firmware under /assets (found %d services)", f.Name, n)}}}
+	}
+	for name, svc := range rel.Services {
+		if svc.Image == "" {
+			return &reeve.ValidationError{Problems: []reeve.Problem{{Path: "services." + name + ".image", Message: fmt.Sprintf(
+				"required: fleet %q is a fleet of dependent devices, and the image holds their firmware under /assets", f.Name)}}}
+		}
+	}
+	return nil
 }
 
 // numberServices gives services ids by name, so they are stable for a

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,12 @@ var (
 	errDeviceGone  = reeve.Errorf(reeve.CodeUnauthorized, "this device was removed from the fleet server: its log lines are no longer taken")
 	errFollowEnded = reeve.Errorf(reeve.CodeNotFound, "the device was removed: its log ends here")
 )
+
+// ErrNotCarried is Check's error for a line that names a device which is
+// neither the sender nor a dependent device it carries: most likely one
+// removed since the agent queued the line. The line is skipped, not
+// refused: refusing would make the agent give up the lines after it too.
+var ErrNotCarried = reeve.Errorf(reeve.CodeInvalid, "the line names a device that is neither this device nor a dependent device it carries")
 
 // Logs keeps and serves device logs. Start it to commit lines and prune;
 // Close ends every follower and stops it. Give it to the Server in
@@ -209,13 +216,29 @@ func (l *Logs) Prune(ctx context.Context) error {
 	return nil
 }
 
-// logReq is a request to the writer: lines of a device to store, or
-// (del) all of a device's lines to delete.
+// logReq is a request to the writer: lines to store, in batches of one
+// device each, the first the device's that sent them (a gateway's
+// request also holds batches of the dependent devices it carries); or
+// (del) all of the first batch's device's lines to delete.
 type logReq struct {
-	batch store.LogBatch
-	epoch uint64
-	del   bool
-	done  chan logRes
+	batches []store.LogBatch
+	// epochs are the epochs of the batches' devices when the request
+	// began.
+	epochs []uint64
+	del    bool
+	done   chan logRes
+}
+
+// device is the device the request is of.
+func (r *logReq) device() string { return r.batches[0].Device }
+
+// lines counts the request's lines.
+func (r *logReq) lines() int {
+	n := 0
+	for _, b := range r.batches {
+		n += len(b.Lines)
+	}
+	return n
 }
 
 type logRes struct {
@@ -267,13 +290,13 @@ func (l *Logs) write(ctx context.Context) {
 		case r := <-l.queue:
 			reqs = append(reqs, r)
 		}
-		lines := len(reqs[0].batch.Lines)
+		lines := reqs[0].lines()
 	more:
 		for lines < maxLogCommitLines && len(reqs) < cap(reqs) {
 			select {
 			case r := <-l.queue:
 				reqs = append(reqs, r)
-				lines += len(r.batch.Lines)
+				lines += r.lines()
 			default:
 				break more
 			}
@@ -285,42 +308,80 @@ func (l *Logs) write(ctx context.Context) {
 // commit carries out reqs in order: runs of appends in one transaction
 // each, deletions between them.
 func (l *Logs) commit(ctx context.Context, reqs []*logReq) {
-	var run []*logReq
+	var (
+		run     []*logReq
+		batches []store.LogBatch
+		counts  []int // how many of batches each request of run has
+	)
 	flush := func() {
 		if len(run) == 0 {
 			return
 		}
-		batches := make([]store.LogBatch, len(run))
-		for i, r := range run {
-			batches[i] = r.batch
-		}
 		res, err := l.st.AppendLogs(ctx, batches)
+		at := 0 // the first batch of run[i]
 		for i, r := range run {
 			if err != nil {
 				r.done <- logRes{err: err}
 				continue
 			}
-			l.hub.publish(r.batch.Device, res[i].Stored)
-			r.done <- logRes{res: res[i]}
+			mine := res[at : at+counts[i]]
+			for j, b := range batches[at : at+counts[i]] {
+				l.hub.publish(b.Device, mine[j].Stored)
+			}
+			at += counts[i]
+			r.done <- logRes{res: joinAppended(mine)}
 		}
-		run = run[:0]
+		run, batches, counts = run[:0], batches[:0], counts[:0]
 	}
 	for _, r := range reqs {
 		switch {
 		case r.del:
 			flush()
-			_, err := l.st.DeleteDeviceLogs(ctx, r.batch.Device)
+			_, err := l.st.DeleteDeviceLogs(ctx, r.device())
 			r.done <- logRes{err: err}
-		case r.epoch != l.epoch(r.batch.Device):
+		case r.epochs[0] != l.epoch(r.device()):
 			// The device was removed since its request began; its
 			// removal is queued after this and deletes what was
 			// committed before.
 			r.done <- logRes{err: errDeviceGone}
 		default:
-			run = append(run, r)
+			live := l.liveBatches(r)
+			run, batches, counts = append(run, r), append(batches, live...), append(counts, len(live))
 		}
 	}
 	flush()
+}
+
+// liveBatches are the batches of r whose devices were not removed since
+// r began: a dependent device removed meanwhile loses its lines, not its
+// gateway.
+func (l *Logs) liveBatches(r *logReq) []store.LogBatch {
+	out := r.batches[:1:1]
+	for i, b := range r.batches[1:] {
+		if r.epochs[i+1] == l.epoch(b.Device) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// joinAppended is what became of a request's batches, as one: the lines
+// stored, the duplicates, and the highest LastSeq of any, so that an
+// agent acknowledging by it never acknowledges less than it sent.
+func joinAppended(res []store.LogAppended) store.LogAppended {
+	if len(res) == 1 {
+		return res[0]
+	}
+	var out store.LogAppended
+	for _, r := range res {
+		out.Stored = append(out.Stored, r.Stored...)
+		out.Duplicates += r.Duplicates
+		out.LastSeq = max(out.LastSeq, r.LastSeq)
+	}
+	if out.Stored == nil {
+		out.Stored = []reeve.LogLine{}
+	}
+	return out
 }
 
 func (l *Logs) epoch(uuid string) uint64 {
@@ -342,7 +403,7 @@ func (l *Logs) removeDevice(ctx context.Context, uuid string) error {
 // deleteLines deletes a device's lines; when that fails, the next prune
 // tries again.
 func (l *Logs) deleteLines(ctx context.Context, uuid string) error {
-	_, err := l.do(ctx, &logReq{batch: store.LogBatch{Device: uuid}, del: true})
+	_, err := l.do(ctx, &logReq{batches: []store.LogBatch{{Device: uuid}}, del: true})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
@@ -370,12 +431,17 @@ func (s *Server) deleteDeviceLogs(ctx context.Context, uuid string) {
 var logStreamID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // LogIngest takes the lines of one request of a device (one shipment of
-// its log stream).
+// its log stream): its own, and for a gateway those of the dependent
+// devices it carries, each stored under its own device.
 type LogIngest struct {
+	s      *Server
 	l      *Logs
-	device string
+	device reeve.Device
 	stream string
 	epoch  uint64
+	// carried are the dependent devices the device carries, with their
+	// epochs, read at the first line of one (nil until then).
+	carried map[string]uint64
 }
 
 // LogIngest starts taking lines from an authenticated device. stream is
@@ -388,21 +454,62 @@ func (s *Server) LogIngest(dev reeve.Device, stream string) (*LogIngest, error) 
 	if stream != "" && !logStreamID.MatchString(stream) {
 		return nil, reeve.Errorf(reeve.CodeInvalid, "%q is not a log stream ID: use 1 to 64 letters, digits, '_' or '-'", stream)
 	}
-	return &LogIngest{l: l, device: dev.UUID, stream: stream, epoch: l.epoch(dev.UUID)}, nil
+	return &LogIngest{s: s, l: l, device: dev, stream: stream, epoch: l.epoch(dev.UUID)}, nil
+}
+
+// loadCarried reads the dependent devices the device carries now, with
+// their epochs. A device's epoch must be read before the store says it
+// exists: one removed after its epoch was read has its lines dropped at
+// their commit, and one removed before is not in the store any more. So
+// the store is read, the epochs, and the store again.
+func (in *LogIngest) loadCarried(ctx context.Context) error {
+	before, err := in.s.st.DependentDevices(ctx, in.device.ID)
+	if err != nil {
+		return err
+	}
+	epochs := make(map[string]uint64, len(before))
+	for _, d := range before {
+		epochs[d.UUID] = in.l.epoch(d.UUID)
+	}
+	after, err := in.s.st.DependentDevices(ctx, in.device.ID)
+	if err != nil {
+		return err
+	}
+	carried := make(map[string]uint64, len(after))
+	for _, d := range after {
+		if e, ok := epochs[d.UUID]; ok { // one registered meanwhile waits for the next read
+			carried[d.UUID] = e
+		}
+	}
+	in.carried = carried
+	return nil
 }
 
 // Check checks a line received from the device and makes it what is
 // stored: a message over reeve.MaxLogLineBytes is cut, a line without a
-// timestamp gets the time of now, an ID given is dropped. Its error
-// (invalid) says what is wrong with the line.
-func (in *LogIngest) Check(line *reeve.LogLine) error {
-	if line.Device != "" && line.Device != in.device {
-		return reeve.Errorf(reeve.CodeInvalid, "device: %q is not this device (%s): lines of dependent devices are not taken yet; leave device out", line.Device, in.device)
+// timestamp gets the time of now, an ID given is dropped. A line whose
+// device is a dependent device the device carries keeps it (Append
+// stores it under that device; if the device is removed before, its
+// lines are dropped there, and the request goes on); a line of any other
+// device gets ErrNotCarried, to be skipped. Another error of code invalid
+// says what is wrong with the line; any other is the server's.
+func (in *LogIngest) Check(ctx context.Context, line *reeve.LogLine) error {
+	if line.Device == in.device.UUID {
+		line.Device = ""
+	}
+	if line.Device != "" {
+		carried, err := in.carries(ctx, line.Device)
+		if err != nil {
+			return err
+		}
+		if !carried {
+			return fmt.Errorf("device %q: %w", line.Device, ErrNotCarried)
+		}
 	}
 	if line.Seq > math.MaxInt64 {
 		return reeve.Errorf(reeve.CodeInvalid, "seq: %d is larger than %d", line.Seq, int64(math.MaxInt64))
 	}
-	line.ID, line.Device = 0, ""
+	line.ID = 0
 	if line.Timestamp.IsZero() {
 		line.Timestamp = in.l.now()
 	}
@@ -410,13 +517,68 @@ func (in *LogIngest) Check(line *reeve.LogLine) error {
 	return nil
 }
 
-// Append stores checked lines (Check) and returns once they are committed;
-// with no lines it returns the stream's last seq.
+// carries reports whether the device carries the dependent device uuid,
+// reading its dependent devices again when uuid is not among those it
+// knows (it may have been registered since).
+func (in *LogIngest) carries(ctx context.Context, uuid string) (bool, error) {
+	if _, ok := in.carried[uuid]; ok {
+		return true, nil
+	}
+	if in.device.GatewayID != 0 || !reeve.ValidUUID(uuid) {
+		return false, nil
+	}
+	if err := in.loadCarried(ctx); err != nil {
+		return false, err
+	}
+	_, ok := in.carried[uuid]
+	return ok, nil
+}
+
+// Append stores checked lines (Check) and returns once they are committed,
+// in one commit: the device's own lines under it, each dependent device's
+// under that device, all in the device's stream. With no lines it returns
+// how far the stream is stored. LastSeq is the highest of the devices' in
+// the stream.
 func (in *LogIngest) Append(ctx context.Context, lines []reeve.LogLine) (store.LogAppended, error) {
-	return in.l.do(ctx, &logReq{
-		batch: store.LogBatch{Device: in.device, Stream: in.stream, ReceivedAt: in.l.now(), Lines: lines},
-		epoch: in.epoch,
-	})
+	now := in.l.now()
+	r := &logReq{
+		batches: []store.LogBatch{{Device: in.device.UUID, Stream: in.stream, ReceivedAt: now}},
+		epochs:  []uint64{in.epoch},
+	}
+	if !slices.ContainsFunc(lines, func(l reeve.LogLine) bool { return l.Device != "" }) {
+		r.batches[0].Lines = lines // the device's own lines alone: no copy
+		lines = nil
+	}
+	index := map[string]int{in.device.UUID: 0}
+	add := func(device string) int {
+		i, ok := index[device]
+		if !ok {
+			i = len(r.batches)
+			index[device] = i
+			r.batches = append(r.batches, store.LogBatch{Device: device, Stream: in.stream, ReceivedAt: now})
+			r.epochs = append(r.epochs, in.carried[device])
+		}
+		return i
+	}
+	for _, line := range lines {
+		dev := in.device.UUID
+		if line.Device != "" {
+			dev, line.Device = line.Device, ""
+		}
+		i := add(dev)
+		r.batches[i].Lines = append(r.batches[i].Lines, line)
+	}
+	if r.lines() == 0 && in.stream != "" && in.device.GatewayID == 0 {
+		// How far the stream is stored: its dependent devices' lines
+		// are in it too.
+		if err := in.loadCarried(ctx); err != nil {
+			return store.LogAppended{}, err
+		}
+		for _, uuid := range sortedKeys(in.carried) {
+			add(uuid)
+		}
+	}
+	return in.l.do(ctx, r)
 }
 
 // Reading and following.

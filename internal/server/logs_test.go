@@ -132,7 +132,7 @@ func (e *logEnv) ship(t *testing.T, dev reeve.Device, stream string, lines ...re
 		t.Fatal(err)
 	}
 	for i := range lines {
-		if err := in.Check(&lines[i]); err != nil {
+		if err := in.Check(t.Context(), &lines[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -189,7 +189,7 @@ func TestLogsCheck(t *testing.T) {
 	}
 	long := strings.Repeat("x", reeve.MaxLogLineBytes+10)
 	l := reeve.LogLine{ID: 7, Device: e.a.UUID, Message: long}
-	if err := in.Check(&l); err != nil {
+	if err := in.Check(t.Context(), &l); err != nil {
 		t.Fatal(err)
 	}
 	if len(l.Message) > reeve.MaxLogLineBytes || !strings.HasSuffix(l.Message, reeve.LogTruncatedMarker) {
@@ -199,11 +199,11 @@ func TestLogsCheck(t *testing.T) {
 		t.Errorf("checked line: id %d, device %q, timestamp %v; want 0, \"\" and the time of receipt", l.ID, l.Device, l.Timestamp)
 	}
 	other := reeve.LogLine{Device: e.b.UUID, Message: "x"}
-	if err := in.Check(&other); reeve.ErrorCode(err) != reeve.CodeInvalid || !strings.Contains(err.Error(), "device") {
+	if err := in.Check(t.Context(), &other); reeve.ErrorCode(err) != reeve.CodeInvalid || !strings.Contains(err.Error(), "device") {
 		t.Errorf("a line of another device: %v, want invalid naming device", err)
 	}
 	big := reeve.LogLine{Seq: 1 << 63, Message: "x"}
-	if err := in.Check(&big); reeve.ErrorCode(err) != reeve.CodeInvalid || !strings.Contains(err.Error(), "seq") {
+	if err := in.Check(t.Context(), &big); reeve.ErrorCode(err) != reeve.CodeInvalid || !strings.Contains(err.Error(), "seq") {
 		t.Errorf("seq 2^63: %v, want invalid naming seq", err)
 	}
 	for _, bad := range []string{"has space", strings.Repeat("a", 65), "ü"} {

@@ -43,7 +43,8 @@ type Server struct {
 	now func() time.Time
 	opt Options
 
-	hub *hub
+	hub    *hub
+	linkMu sync.Mutex // one linkFleets reads the store at a time
 
 	seenMu  sync.Mutex
 	seen    map[string]time.Time // not yet written to the store
@@ -88,8 +89,13 @@ func New(opts Options) *Server {
 	}
 }
 
-// Start starts writing reports and last-seen times in the background.
+// Start starts writing reports and last-seen times in the background,
+// after reading which fleets are dependent (a failure to read them is
+// logged, and the first poll reads them again).
 func (s *Server) Start(ctx context.Context) {
+	if err := s.linkFleets(ctx); err != nil {
+		s.log.Warn("read the dependent fleets; the first poll tries again", "err", err)
+	}
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.wg.Add(2)
 	go func() {

@@ -54,6 +54,22 @@ func (c *Client) KeyExchange(ctx context.Context, uuid, apiKey string) error {
 	return nil
 }
 
+// RegisterDependent registers a dependent device that the gateway
+// gatewayUUID carries: POST /device/v3/{uuid}/dependent-devices with the
+// gateway's device key. It answers the device as stored, with its UUID
+// (made by the server when req gives none). A UUID that is already
+// registered gets an error with code conflict; an app that is not a
+// dependent app of the gateway's fleet, forbidden; an unknown app,
+// not_found.
+func (c *Client) RegisterDependent(ctx context.Context, gatewayUUID string, req RegisterDependentRequest) (reeve.Device, error) {
+	var d reeve.Device
+	path := "/device/v3/" + url.PathEscape(gatewayUUID) + "/dependent-devices"
+	if err := c.do(ctx, http.MethodPost, path, req, &d); err != nil {
+		return reeve.Device{}, fmt.Errorf("register a dependent device of app %d: %w", req.AppID, err)
+	}
+	return d, nil
+}
+
 // State reads the device's target state: GET /device/v3/{uuid}/state with
 // the device's key. A non-empty etag is sent as If-None-Match; an unchanged
 // target then answers NotModified. A positive wait asks for a long poll of

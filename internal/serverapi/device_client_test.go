@@ -107,6 +107,32 @@ func TestRegisterErrorsKeepTheirCode(t *testing.T) {
 	}
 }
 
+func TestRegisterDependentWire(t *testing.T) {
+	s, c := newDCServer(t, "gwkey", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteJSON(w, http.StatusCreated, reeve.Device{ID: 9, UUID: dcAppUUID, Name: "probe", GatewayID: 7, LocalID: "serial-1"})
+	})
+	d, err := c.RegisterDependent(t.Context(), dcUUID, RegisterDependentRequest{AppID: 3, DeviceType: "esp32", LocalID: "serial-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.UUID != dcAppUUID || d.GatewayID != 7 || d.LocalID != "serial-1" {
+		t.Errorf("device = %+v", d)
+	}
+	got := s.last(t)
+	if got.Method != http.MethodPost || got.Path != "/device/v3/"+dcUUID+"/dependent-devices" || got.Auth != "Bearer gwkey" {
+		t.Errorf("request = %s %s auth %q, want POST /device/v3/{gateway}/dependent-devices with the gateway's key", got.Method, got.Path, got.Auth)
+	}
+	if got.Body != `{"app_id":3,"device_type":"esp32","local_id":"serial-1"}` {
+		t.Errorf("body = %s", got.Body)
+	}
+	_, c = newDCServer(t, "gwkey", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteError(w, nil, reeve.Errorf(reeve.CodeForbidden, "not yours"))
+	})
+	if _, err := c.RegisterDependent(t.Context(), dcUUID, RegisterDependentRequest{AppID: 3}); reeve.ErrorCode(err) != reeve.CodeForbidden {
+		t.Errorf("error %v, want its code forbidden kept", err)
+	}
+}
+
 func TestKeyExchange(t *testing.T) {
 	s, c := newDCServer(t, "provkey", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, struct{}{})

@@ -46,8 +46,16 @@ type LogAck struct {
 	// already (their stream and seq).
 	Duplicates int `json:"duplicates"`
 	// LastSeq is the highest seq the server holds for the stream: the
-	// agent may forget the lines up to it.
+	// agent may forget the lines up to it. For a gateway it is the
+	// highest of its own lines' and of those of the dependent devices
+	// whose lines the body held (an empty body: of every one it
+	// carries), and at least the highest seq of the lines the body held
+	// that were skipped.
 	LastSeq uint64 `json:"last_seq"`
+	// Skipped counts the lines not kept because they name a device the
+	// sender does not carry (a dependent device removed since the agent
+	// queued them): sending them again would not help.
+	Skipped int `json:"skipped,omitempty"`
 }
 
 // LogQuery chooses what GET /api/v1/devices/{uuid}/logs returns.
@@ -164,10 +172,11 @@ func (h *Handler) logStream(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	var (
-		ack     LogAck
-		pending []reeve.LogLine
-		size    int
-		commits int
+		ack        LogAck
+		pending    []reeve.LogLine
+		size       int
+		commits    int
+		skippedSeq uint64 // the highest seq of the lines skipped
 	)
 	// flush stores the lines read so far.
 	flush := func() error {
@@ -182,7 +191,7 @@ func (h *Handler) logStream(w http.ResponseWriter, r *http.Request) {
 		}
 		ack.Stored += len(res.Stored)
 		ack.Duplicates += res.Duplicates
-		ack.LastSeq = res.LastSeq
+		ack.LastSeq = max(ack.LastSeq, res.LastSeq)
 		return nil
 	}
 	// failStore answers a failure to store lines.
@@ -239,8 +248,16 @@ func (h *Handler) logStream(w http.ResponseWriter, r *http.Request) {
 			}
 			l, err := parseLogLine(line, n)
 			if err == nil {
-				err = in.Check(&l)
-				if err != nil {
+				err = in.Check(ctx, &l)
+				if errors.Is(err, server.ErrNotCarried) {
+					// Not an error of the agent's: it queued the line
+					// while it still carried the device. Acked with
+					// the rest, so that it is not sent again.
+					ack.Skipped++
+					skippedSeq = max(skippedSeq, l.Seq)
+					continue
+				}
+				if reeve.ErrorCode(err) == reeve.CodeInvalid {
 					err = reeve.Errorf(reeve.CodeInvalid, "line %d: %v (the lines before it are stored)", n, err)
 				}
 			}
@@ -266,6 +283,7 @@ func (h *Handler) logStream(w http.ResponseWriter, r *http.Request) {
 				}
 				ack.LastSeq = res.LastSeq
 			}
+			ack.LastSeq = max(ack.LastSeq, skippedSeq)
 			httpx.WriteJSON(w, http.StatusOK, ack)
 			return
 		}

@@ -2,6 +2,7 @@ package serverapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -37,6 +38,7 @@ func NewHandler(s *server.Server, log *slog.Logger) *Handler {
 	m.HandleFunc("GET /device/v3/{uuid}/tags", h.deviceTags)
 	m.HandleFunc("PATCH /device/v3/{uuid}/tags", h.patchDeviceTags)
 	m.HandleFunc("POST /device/v2/{uuid}/log-stream", h.logStream)
+	m.HandleFunc("POST /device/v3/{uuid}/dependent-devices", h.registerDependent)
 	// Operator API.
 	op := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
 		h.opRoutes = append(h.opRoutes, pattern)
@@ -220,12 +222,10 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	if len(cs) != 1 {
-		h.fail(w, reeve.Errorf(reeve.CodeInvalid, "the report must hold exactly one device, keyed by its UUID (%d given)", len(cs)))
+	uuid, err := h.s.ReportingDevice(r.Context(), bearer(r), cs)
+	if err != nil {
+		h.fail(w, err)
 		return
-	}
-	var uuid string
-	for uuid = range cs {
 	}
 	d, err := h.authDevice(r, uuid)
 	if err != nil {
@@ -237,6 +237,58 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+// wireDependentRequest is RegisterDependentRequest as it arrives: app_id
+// may be a JSON number or a string of digits.
+type wireDependentRequest struct {
+	AppID      json.RawMessage `json:"app_id"`
+	DeviceType string          `json:"device_type"`
+	LocalID    string          `json:"local_id"`
+	Name       string          `json:"name"`
+	UUID       string          `json:"uuid"`
+}
+
+func (h *Handler) registerDependent(w http.ResponseWriter, r *http.Request) {
+	gw, err := h.authDevice(r, r.PathValue("uuid"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	var req wireDependentRequest
+	if err := httpx.DecodeJSON(w, r, MaxBody, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	appID, err := parseAppID(req.AppID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	d, err := h.s.RegisterDependent(r.Context(), gw, server.RegisterDependentRequest{
+		AppID: appID, DeviceType: req.DeviceType, LocalID: req.LocalID, Name: req.Name, UUID: req.UUID,
+	})
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusCreated, d)
+}
+
+// parseAppID reads an app id sent as a JSON number or a string of digits.
+func parseAppID(raw json.RawMessage) (int64, error) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return 0, reeve.Errorf(reeve.CodeInvalid, "app_id: missing: give the id of the dependent app in the gateway's target state")
+	}
+	if unq, err := strconv.Unquote(s); err == nil {
+		s = unq
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, reeve.Errorf(reeve.CodeInvalid, "app_id: %s is not an app id: give the id (a positive number) of the dependent app in the gateway's target state", raw)
+	}
+	return id, nil
 }
 
 func (h *Handler) deviceTags(w http.ResponseWriter, r *http.Request) {
@@ -313,7 +365,7 @@ func (h *Handler) createFleet(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.DecodeJSON(w, r, MaxBody, &req); err != nil {
 		return err
 	}
-	f, err := h.s.CreateFleet(r.Context(), req.Name, req.DeviceType, req.UpdateStrategy)
+	f, err := h.s.CreateFleet(r.Context(), server.CreateFleetRequest(req))
 	if err != nil {
 		return err
 	}

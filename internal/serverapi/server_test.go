@@ -429,11 +429,19 @@ func TestReportMergesAndRegisterConflict(t *testing.T) {
 		`{"` + s.a + `":{"cpu_usage":250}}`,
 		`{"` + s.a + `":{"surprise":1}}`,
 		`{}`,
-		`{"` + s.a + `":{},"` + s.b + `":{}}`,
+		`{"` + s.a + `":{},"` + s.b + `":{"cpu_usage":1}}`, // only a dependent device's fields beside its own
 	} {
 		if status, b, _ := e.call("PATCH", "/device/v3/state", s.keyA, body); status != 400 {
 			t.Errorf("report %s: %d, want 400: %s", body, status, b)
 		}
+	}
+	// An entry for a device that a is not the gateway of is skipped:
+	// the report is taken, and b is left as it was.
+	e.must(200, "PATCH", "/device/v3/state", s.keyA, `{"`+s.a+`":{"status":"Idle"},"`+s.b+`":{"status":"Hijacked"}}`, nil)
+	var other serverapi.DeviceView
+	e.must(200, "GET", "/api/v1/devices/"+s.b, adminToken, nil, &other)
+	if other.State.Status != nil || !other.ReportedAt.IsZero() {
+		t.Fatalf("a device's report changed another device: %+v", other.State)
 	}
 	// Registering a UUID twice: 409, then the key exchange gives the
 	// device a new key and the old one stops working.

@@ -46,17 +46,32 @@ type PatchTagsRequest struct {
 	Tags map[string]*string `json:"tags"`
 }
 
+// RegisterDependentRequest is the body of POST
+// /device/v3/{uuid}/dependent-devices: a gateway registers a dependent
+// device it carries. AppID is the dependent app's id in the gateway's
+// target state (its fleet's id); UUID, when empty, is made by the server.
+type RegisterDependentRequest struct {
+	AppID      int64  `json:"app_id"`
+	DeviceType string `json:"device_type"`
+	LocalID    string `json:"local_id,omitempty"`
+	Name       string `json:"name,omitempty"`
+	UUID       string `json:"uuid,omitempty"`
+}
+
 // WhoAmI is the answer of GET /api/v1/whoami.
 type WhoAmI struct {
 	Token   reeve.Token `json:"token"`
 	Version string      `json:"version"`
 }
 
-// CreateFleetRequest is the body of POST /api/v1/fleets.
+// CreateFleetRequest is the body of POST /api/v1/fleets. Parent (a
+// fleet's name or id) makes a fleet of dependent devices, carried by the
+// devices of the parent fleet.
 type CreateFleetRequest struct {
 	Name           string `json:"name"`
 	DeviceType     string `json:"device_type,omitempty"`
 	UpdateStrategy string `json:"update_strategy,omitempty"`
+	Parent         string `json:"parent,omitempty"`
 }
 
 // UpdateFleetRequest is the body of PATCH /api/v1/fleets/{fleet}. Nil
@@ -85,7 +100,8 @@ type PushRequest struct {
 }
 
 // DeviceView is a device as the operator API shows it: the stored device
-// with online, fleet and target_commit.
+// with online, fleet and target_commit, and for a dependent device the
+// UUID of its gateway.
 type DeviceView = server.DeviceView
 
 // UpdateDeviceRequest is the body of PATCH /api/v1/devices/{uuid}. Nil

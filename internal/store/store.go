@@ -30,7 +30,10 @@ type Store interface {
 	TokenByHash(ctx context.Context, hash string) (reeve.Token, error)
 	CountTokens(ctx context.Context) (int, error)
 
-	// Fleets. Names are unique; UUIDs are unique.
+	// Fleets. Names are unique; UUIDs are unique. CreateFleet stores
+	// Class (an empty one as reeve.ClassFleet) and ParentID, which no
+	// later call changes; a ParentID of a fleet that does not exist is
+	// not_found.
 	CreateFleet(ctx context.Context, f reeve.Fleet) (reeve.Fleet, error)
 	Fleet(ctx context.Context, id int64) (reeve.Fleet, error)
 	FleetByName(ctx context.Context, name string) (reeve.Fleet, error)
@@ -38,7 +41,8 @@ type Store interface {
 	// UpdateFleet writes UpdateStrategy, DeviceType and PinnedRelease.
 	UpdateFleet(ctx context.Context, f reeve.Fleet) error
 	// DeleteFleet removes the fleet with its keys, releases and
-	// variables. A fleet that still has devices is a conflict.
+	// variables. A fleet that still has devices, or is the parent of
+	// another fleet, is a conflict.
 	DeleteFleet(ctx context.Context, id int64) error
 
 	// Provisioning keys. Hash is unique.
@@ -50,6 +54,8 @@ type Store interface {
 	RevokeProvisioningKey(ctx context.Context, id int64, at time.Time) error
 
 	// Devices. UUIDs are unique; KeyHash, when set, is unique.
+	// CreateDevice stores GatewayID and LocalID, which no later call
+	// changes; a GatewayID of a device that does not exist is not_found.
 	CreateDevice(ctx context.Context, d reeve.Device) (reeve.Device, error)
 	Device(ctx context.Context, uuid string) (reeve.Device, error)
 	DeviceByID(ctx context.Context, id int64) (reeve.Device, error)
@@ -58,6 +64,9 @@ type Store interface {
 	DeviceByKeyHash(ctx context.Context, hash string) (reeve.Device, error)
 	// Devices lists devices by name then UUID; fleetID 0 lists all.
 	Devices(ctx context.Context, fleetID int64) ([]reeve.Device, error)
+	// DependentDevices lists the devices whose GatewayID is gatewayID,
+	// by name then UUID (none for 0).
+	DependentDevices(ctx context.Context, gatewayID int64) ([]reeve.Device, error)
 	// UpdateDevice reads the device, lets fn change it and writes it back
 	// in one transaction: Name, FleetID, DeviceType, KeyHash,
 	// PinnedRelease, Tags, LastSeen, State and ReportedAt are written. An
@@ -74,7 +83,9 @@ type Store interface {
 	// TouchDevices raises LastSeen of many devices at once (never lowers
 	// it); unknown UUIDs are ignored.
 	TouchDevices(ctx context.Context, seen map[string]time.Time) error
-	DeleteDevice(ctx context.Context, uuid string) error // with its variables
+	// DeleteDevice removes the device with its variables. A device that
+	// still carries dependent devices (their GatewayID) is a conflict.
+	DeleteDevice(ctx context.Context, uuid string) error
 
 	// Releases. (FleetID, Commit) is unique.
 	CreateRelease(ctx context.Context, r reeve.FleetRelease) (reeve.FleetRelease, error)

@@ -229,6 +229,14 @@ func created(t time.Time) int64 {
 	return millis(t)
 }
 
+// plural is noun for n of it: "device" or "devices".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return noun
+	}
+	return noun + "s"
+}
+
 func nullString(s string) any {
 	if s == "" {
 		return nil
@@ -278,30 +286,50 @@ func (s *Store) CountTokens(ctx context.Context) (int, error) {
 
 // Fleets.
 
-const fleetCols = `id, uuid, name, device_type, update_strategy, pinned_release, created_at`
+const fleetCols = `id, uuid, name, device_type, update_strategy, pinned_release, class, parent_id, created_at`
 
 func scanFleet(row scanner) (reeve.Fleet, error) {
 	var (
 		f  reeve.Fleet
 		at int64
 	)
-	err := row.Scan(&f.ID, &f.UUID, &f.Name, &f.DeviceType, &f.UpdateStrategy, &f.PinnedRelease, &at)
+	err := row.Scan(&f.ID, &f.UUID, &f.Name, &f.DeviceType, &f.UpdateStrategy, &f.PinnedRelease, &f.Class, &f.ParentID, &at)
 	f.CreatedAt = fromMillis(at)
 	return f, err
 }
 
 func (s *Store) CreateFleet(ctx context.Context, f reeve.Fleet) (reeve.Fleet, error) {
-	got, err := scanFleet(s.w.QueryRowContext(ctx,
-		`INSERT INTO fleets (uuid, name, device_type, update_strategy, pinned_release, created_at)
-		VALUES (?, ?, ?, ?, ?, ?) RETURNING `+fleetCols,
-		f.UUID, f.Name, f.DeviceType, f.UpdateStrategy, f.PinnedRelease, created(f.CreatedAt)))
-	switch {
-	case isUnique(err, "fleets.name"):
-		return reeve.Fleet{}, reeve.Errorf(reeve.CodeConflict, "a fleet named %q already exists", f.Name)
-	case isUnique(err, "fleets.uuid"):
-		return reeve.Fleet{}, reeve.Errorf(reeve.CodeConflict, "a fleet with UUID %s already exists", f.UUID)
-	case err != nil:
-		return reeve.Fleet{}, fmt.Errorf("create fleet %q: %w", f.Name, err)
+	if f.Class == "" {
+		f.Class = reeve.ClassFleet
+	}
+	var got reeve.Fleet
+	err := s.inTx(ctx, "create fleet", func(tx *sql.Tx) error {
+		if f.ParentID != 0 {
+			// In the transaction: a parent deleted meanwhile would leave
+			// the fleet without one.
+			var id int64
+			err := tx.QueryRowContext(ctx, `SELECT id FROM fleets WHERE id = ?`, f.ParentID).Scan(&id)
+			if _, err := one(id, err, "create fleet", notFound("parent fleet %d not found", f.ParentID)); err != nil {
+				return err
+			}
+		}
+		var err error
+		got, err = scanFleet(tx.QueryRowContext(ctx,
+			`INSERT INTO fleets (uuid, name, device_type, update_strategy, pinned_release, class, parent_id, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING `+fleetCols,
+			f.UUID, f.Name, f.DeviceType, f.UpdateStrategy, f.PinnedRelease, f.Class, f.ParentID, created(f.CreatedAt)))
+		switch {
+		case isUnique(err, "fleets.name"):
+			return reeve.Errorf(reeve.CodeConflict, "a fleet named %q already exists", f.Name)
+		case isUnique(err, "fleets.uuid"):
+			return reeve.Errorf(reeve.CodeConflict, "a fleet with UUID %s already exists", f.UUID)
+		case err != nil:
+			return fmt.Errorf("create fleet %q: %w", f.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return reeve.Fleet{}, err
 	}
 	return got, nil
 }
@@ -341,11 +369,13 @@ func (s *Store) DeleteFleet(ctx context.Context, id int64) error {
 			return fmt.Errorf("%s %q: %w", op, name, err)
 		}
 		if n > 0 {
-			devices := "devices"
-			if n == 1 {
-				devices = "device"
-			}
-			return reeve.Errorf(reeve.CodeConflict, "fleet %q still has %d %s: move or remove them first", name, n, devices)
+			return reeve.Errorf(reeve.CodeConflict, "fleet %q still has %d %s: move or remove them first", name, n, plural(n, "device"))
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM fleets WHERE parent_id = ?`, id).Scan(&n); err != nil {
+			return fmt.Errorf("%s %q: %w", op, name, err)
+		}
+		if n > 0 {
+			return reeve.Errorf(reeve.CodeConflict, "fleet %q is the gateway fleet of %d dependent %s: remove them first", name, n, plural(n, "fleet"))
 		}
 		for _, q := range []string{
 			`DELETE FROM variables WHERE fleet_id = ?`,
@@ -422,7 +452,7 @@ func (s *Store) RevokeProvisioningKey(ctx context.Context, id int64, at time.Tim
 // Devices.
 
 const deviceCols = `id, uuid, name, fleet_id, device_type, COALESCE(key_hash, ''), pinned_release,
-	tags, created_at, last_seen, state, reported_at`
+	gateway_id, local_id, tags, created_at, last_seen, state, reported_at`
 
 func scanDevice(row scanner) (reeve.Device, error) {
 	var (
@@ -432,7 +462,7 @@ func scanDevice(row scanner) (reeve.Device, error) {
 		lastSeen, reported sql.NullInt64
 	)
 	if err := row.Scan(&d.ID, &d.UUID, &d.Name, &d.FleetID, &d.DeviceType, &d.KeyHash, &d.PinnedRelease,
-		&tags, &at, &lastSeen, &state, &reported); err != nil {
+		&d.GatewayID, &d.LocalID, &tags, &at, &lastSeen, &state, &reported); err != nil {
 		return reeve.Device{}, err
 	}
 	d.CreatedAt = fromMillis(at)
@@ -477,7 +507,25 @@ func deviceWriteError(err error, d reeve.Device, op string) error {
 }
 
 func (s *Store) CreateDevice(ctx context.Context, d reeve.Device) (reeve.Device, error) {
-	return createDevice(ctx, s.w, d)
+	if d.GatewayID == 0 {
+		return createDevice(ctx, s.w, d)
+	}
+	var got reeve.Device
+	err := s.inTx(ctx, "create device", func(tx *sql.Tx) error {
+		// In the transaction: a gateway deleted meanwhile would leave
+		// the device carried by none.
+		var id int64
+		err := tx.QueryRowContext(ctx, `SELECT id FROM devices WHERE id = ?`, d.GatewayID).Scan(&id)
+		if _, err := one(id, err, "create device", notFound("gateway device %d not found", d.GatewayID)); err != nil {
+			return err
+		}
+		got, err = createDevice(ctx, tx, d)
+		return err
+	})
+	if err != nil {
+		return reeve.Device{}, err
+	}
+	return got, nil
 }
 
 func createDevice(ctx context.Context, q querier, d reeve.Device) (reeve.Device, error) {
@@ -487,8 +535,8 @@ func createDevice(ctx context.Context, q querier, d reeve.Device) (reeve.Device,
 	}
 	got, err := scanDevice(q.QueryRowContext(ctx,
 		`INSERT INTO devices (name, fleet_id, device_type, key_hash, pinned_release, tags, last_seen, state,
-		reported_at, uuid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING `+deviceCols,
-		append(args, d.UUID, created(d.CreatedAt))...))
+		reported_at, uuid, gateway_id, local_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING `+deviceCols,
+		append(args, d.UUID, d.GatewayID, d.LocalID, created(d.CreatedAt))...))
 	if err != nil {
 		return reeve.Device{}, deviceWriteError(err, d, "create device")
 	}
@@ -526,6 +574,15 @@ func (s *Store) Devices(ctx context.Context, fleetID int64) ([]reeve.Device, err
 			`SELECT `+deviceCols+` FROM devices WHERE fleet_id = ? ORDER BY name, uuid`, fleetID)
 	}
 	return list(rows, err, "list devices", scanDevice)
+}
+
+func (s *Store) DependentDevices(ctx context.Context, gatewayID int64) ([]reeve.Device, error) {
+	if gatewayID == 0 { // 0 is every device that has no gateway
+		return []reeve.Device{}, nil
+	}
+	rows, err := s.r.QueryContext(ctx,
+		`SELECT `+deviceCols+` FROM devices WHERE gateway_id = ? ORDER BY name, uuid`, gatewayID)
+	return list(rows, err, "list dependent devices", scanDevice)
 }
 
 func (s *Store) UpdateDevice(ctx context.Context, uuid string, fn func(*reeve.Device) error) (reeve.Device, error) {
@@ -641,6 +698,13 @@ func (s *Store) DeleteDevice(ctx context.Context, uuid string) error {
 		err := tx.QueryRowContext(ctx, `SELECT id FROM devices WHERE uuid = ?`, uuid).Scan(&id)
 		if _, err := one(id, err, op, notFound("device %s not found", uuid)); err != nil {
 			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE gateway_id = ?`, id).Scan(&n); err != nil {
+			return fmt.Errorf("%s %s: %w", op, uuid, err)
+		}
+		if n > 0 {
+			return reeve.Errorf(reeve.CodeConflict, "device %s still carries %d dependent %s: remove them first", uuid, n, plural(n, "device"))
 		}
 		for _, q := range []string{
 			`DELETE FROM variables WHERE device_id = ?`,

@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -121,6 +123,65 @@ func TestReopenKeepsData(t *testing.T) {
 		if diff := cmp.Diff(c.want, c.got); diff != "" {
 			t.Errorf("%s after reopening (-want +got):\n%s", c.what, diff)
 		}
+	}
+}
+
+// TestMigrateToDependentDevices opens a database made before dependent
+// devices existed (001 only) with every migration: its fleets and devices
+// come back as normal ones, and can then carry dependent devices.
+func TestMigrateToDependentDevices(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "server.db")
+	initial, err := fs.ReadFile(migrationFiles, "migrations/001_init.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, r, err := openDBs(ctx, path, fstest.MapFS{"m/001_init.sql": {Data: initial}}, "m", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &Store{w: w, r: r}
+	if _, err := old.w.ExecContext(ctx, `INSERT INTO fleets (uuid, name, device_type, update_strategy, pinned_release, created_at)
+		VALUES (?, 'lobby', 'any', 'hand-over', '', 0)`, strings.Repeat("a", 32)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.w.ExecContext(ctx, `INSERT INTO devices (uuid, name, fleet_id, device_type, key_hash, pinned_release, tags, created_at, state)
+		VALUES (?, 'kiosk', 1, 'rpi', 'dk', '', 'null', 0, '{}')`, strings.Repeat("b", 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := New(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f, err := s.FleetByName(ctx, "lobby")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Class != reeve.ClassFleet || f.ParentID != 0 {
+		t.Errorf("a fleet from before the migration has class %q and parent %d, want %q and 0", f.Class, f.ParentID, reeve.ClassFleet)
+	}
+	d, err := s.Device(ctx, strings.Repeat("b", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.GatewayID != 0 || d.LocalID != "" || d.KeyHash != "dk" {
+		t.Errorf("a device from before the migration: gateway %d, local ID %q, key hash %q", d.GatewayID, d.LocalID, d.KeyHash)
+	}
+	dep, err := s.CreateFleet(ctx, reeve.Fleet{UUID: strings.Repeat("c", 32), Name: "sensors", Class: reeve.ClassDependent, ParentID: f.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateDevice(ctx, reeve.Device{UUID: strings.Repeat("d", 32), Name: "probe", FleetID: dep.ID, GatewayID: d.ID}); err != nil {
+		t.Fatal(err)
+	}
+	deps, err := s.DependentDevices(ctx, d.ID)
+	if err != nil || len(deps) != 1 {
+		t.Fatalf("dependent devices of the migrated device: %v %v", deps, err)
 	}
 }
 

@@ -36,6 +36,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UpdateFleet", testUpdateFleet},
 		{"DeleteFleet", testDeleteFleet},
 		{"DeleteFleetWithDevices", testDeleteFleetWithDevices},
+		{"DependentFleets", testDependentFleets},
+		{"DeleteParentFleet", testDeleteParentFleet},
 		{"ProvisioningKeys", testProvisioningKeys},
 		{"Devices", testDevices},
 		{"DeviceKeyHash", testDeviceKeyHash},
@@ -47,6 +49,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"TouchDevices", testTouchDevices},
 		{"TouchManyDevices", testTouchManyDevices},
 		{"DeleteDevice", testDeleteDevice},
+		{"DependentDevices", testDependentDevices},
+		{"DeleteGateway", testDeleteGateway},
 		{"Releases", testReleases},
 		{"Vars", testVars},
 		{"SetVarReplaces", testSetVarReplaces},
@@ -313,6 +317,7 @@ func testFleets(t *testing.T, s store.Store) {
 	}
 	want := in
 	want.ID, want.CreatedAt = lobby.ID, stored(in.CreatedAt)
+	want.Class = reeve.ClassFleet // an empty class is a fleet's
 	same(t, "created fleet", want, lobby)
 	utc(t, "created fleet", lobby.CreatedAt)
 
