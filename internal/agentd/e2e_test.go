@@ -389,12 +389,14 @@ services:
 			if want, _ := reeve.NormalizeImage(w2); web.Image != want || web.Status != reeve.StatusRunning {
 				t.Fatalf("web runs %s (%s), want %s running", web.Image, web.Status, want)
 			}
-			// The order of the strategy, from the engine's own events.
+			// The order of the strategy, from the engine's own events: the
+			// pull of w2 (other tests on the engine pull too; a pull's
+			// actor is the reference pulled).
 			var pulled, deleted time.Time
 			for _, m := range h.imageEvents(since) {
 				at := time.Unix(0, m.TimeNano)
 				switch {
-				case m.Action == events.ActionPull && pulled.IsZero():
+				case m.Action == events.ActionPull && pulled.IsZero() && strings.HasPrefix(m.Actor.ID, h.reg.Host()+"/web"):
 					pulled = at
 				case m.Action == events.ActionDelete && m.Actor.ID == oldImage && deleted.IsZero():
 					deleted = at
