@@ -35,6 +35,7 @@ type DependentTarget struct {
 	Name        string            `json:"name"`
 	Commit      string            `json:"commit,omitempty"`
 	ReleaseID   int64             `json:"release_id,omitempty"`
+	Image       string            `json:"image,omitempty"` // the release's image, holding the firmware under /assets
 	Environment map[string]string `json:"environment,omitempty"`
 	Config      map[string]string `json:"config,omitempty"`
 }
@@ -42,6 +43,35 @@ type DependentTarget struct {
 // Hash identifies the app's whole target: it changes when anything in it
 // does.
 func (a DependentApp) Hash() string { return hashJSON(a) }
+
+// Images lists the distinct images the app's target needs: its release's
+// and those of devices pinned to another release.
+func (a DependentApp) Images() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(img string) {
+		if img != "" && !seen[img] {
+			seen[img] = true
+			out = append(out, img)
+		}
+	}
+	add(a.Image)
+	for _, uuid := range sortedKeys(a.Devices) {
+		add(a.Devices[uuid].Image)
+	}
+	return out
+}
+
+// Hash identifies what a dependent device should run: a hook is due when
+// it differs from what the device runs and from what its gateway last
+// acknowledged.
+func (t DependentTarget) Hash() string {
+	return hashJSON(struct {
+		Commit      string
+		Environment map[string]string
+		Config      map[string]string
+	}{t.Commit, nonNil(t.Environment), nonNil(t.Config)})
+}
 
 // DependentApps returns the dependent apps the gateway's target carries,
 // keyed by app UUID, each with its devices' targets. Call it on a state
@@ -74,7 +104,7 @@ func (ts TargetState) DependentApps(gateway string) map[string]DependentApp {
 			if commit, rel, ok := app.Release(); ok {
 				t.Commit, t.ReleaseID = commit, rel.ID
 				for _, svc := range rel.Services {
-					t.Environment = maps.Clone(svc.Environment)
+					t.Image, t.Environment = svc.Image, maps.Clone(svc.Environment)
 				}
 			}
 			da.Devices[dev] = t

@@ -13,6 +13,7 @@ import (
 const (
 	CodeInvalid      = "invalid"
 	CodeNotFound     = "not_found"
+	CodeGone         = "gone" // existed, and is being removed
 	CodeConflict     = "conflict"
 	CodeUnauthorized = "unauthorized"
 	CodeForbidden    = "forbidden"

@@ -88,6 +88,9 @@ func (a *Agent) app(uuid string) (reeve.App, error) {
 	if !ok {
 		return app, reeve.Errorf(reeve.CodeNotFound, "no app %s on this device", uuid)
 	}
+	if app.Class == reeve.ClassDependent {
+		return app, reeve.Errorf(reeve.CodeNotFound, "app %s is a dependent app: its devices are managed through /v1/devices, it runs nothing here", uuid)
+	}
 	return app, nil
 }
 

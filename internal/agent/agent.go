@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/engine"
 	"reeve.dev/reeve/internal/runtime"
 )
 
@@ -68,6 +69,24 @@ type Config struct {
 	// the runtime (the log collector follows the containers it lists).
 	// It must not block.
 	Observe func(reeve.Snapshot)
+	// Dependents keeps the dependent devices this device carries as a
+	// gateway. Nil: a target with dependent apps is refused.
+	Dependents Dependents
+}
+
+// Dependents is what the apply loop needs of the dependent-device store
+// (package dependent): what it holds, and the steps of dependent apps.
+type Dependents interface {
+	// PlanState returns what is stored of each dependent app.
+	PlanState(ctx context.Context) (map[string]engine.DependentState, error)
+	// UpdateTargets stores an app's target and its devices'; devices
+	// that left it are marked for deletion.
+	UpdateTargets(ctx context.Context, app reeve.DependentApp) error
+	// ReleaseHooks lets hooks go out for the stored target hash (its
+	// firmware is on the device).
+	ReleaseHooks(ctx context.Context, appUUID, hash string) error
+	// RemoveApp forgets an app, its devices and its firmware.
+	RemoveApp(ctx context.Context, appUUID string) error
 }
 
 func (c *Config) defaults() error {
@@ -295,24 +314,31 @@ func (a *Agent) Target() (reeve.TargetState, int64) {
 }
 
 // SetTarget validates, stores and starts applying a new target state. The
-// state must be keyed by this device's UUID. The batch in progress for the
-// old target is cancelled; the loop plans afresh.
+// state must be keyed by this device's UUID; other entries are dependent
+// devices this device carries, of dependent apps its own entry lists. The
+// batch in progress for the old target is cancelled; the loop plans
+// afresh.
 func (a *Agent) SetTarget(ctx context.Context, ts reeve.TargetState) (int64, error) {
 	if err := ts.Validate(); err != nil {
 		return 0, err
 	}
-	for uuid := range ts {
-		if uuid != a.uuid {
-			return 0, &reeve.ValidationError{Problems: []reeve.Problem{{
-				Path:    uuid,
-				Message: fmt.Sprintf("this device's UUID is %s: key the target state by it (GET /v2/local/target-state shows the current one)", a.uuid),
-			}}}
-		}
-	}
 	if _, ok := ts[a.uuid]; !ok {
 		return 0, &reeve.ValidationError{Problems: []reeve.Problem{{
-			Message: fmt.Sprintf("the target state has no entry for this device (%s)", a.uuid),
+			Message: fmt.Sprintf("the target state has no entry for this device (%s): key the target state by it (GET /v2/local/target-state shows the current one)", a.uuid),
 		}}}
+	}
+	if err := ts.CheckDependents(a.uuid); err != nil {
+		return 0, err
+	}
+	if a.cfg.Dependents == nil {
+		for uuid, app := range ts[a.uuid].Apps {
+			if app.Class == reeve.ClassDependent {
+				return 0, &reeve.ValidationError{Problems: []reeve.Problem{{
+					Path:    "apps." + uuid,
+					Message: "this agent carries no dependent devices (it runs without a dependent-device store)",
+				}}}
+			}
+		}
 	}
 	a.setMu.Lock()
 	defer a.setMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,9 @@ func newFake() *fakeRuntime {
 func (f *fakeRuntime) Name() string                  { return "fake" }
 func (f *fakeRuntime) Ping(context.Context) error    { return nil }
 func (f *fakeRuntime) Cleanup(context.Context) error { return nil }
+func (f *fakeRuntime) ExportDir(context.Context, string, string, io.Writer) error {
+	return runtime.ErrNotFound
+}
 func (f *fakeRuntime) Logs(ctx context.Context, _ string, _ time.Time, _ func(runtime.LogEntry) error) error {
 	<-ctx.Done()
 	return ctx.Err()
@@ -192,6 +196,35 @@ func TestSetTargetRefusesOtherDevice(t *testing.T) {
 	var ve *reeve.ValidationError
 	if !errors.As(err, &ve) || !strings.Contains(err.Error(), a.UUID()) {
 		t.Fatalf("want a validation error naming this device's UUID, got %v", err)
+	}
+	if _, v := a.Target(); v != 0 {
+		t.Fatal("a refused target was stored")
+	}
+}
+
+func TestSetTargetTakesOnlyDependentDevicesBesideItsOwn(t *testing.T) {
+	a := newTestAgent(t, newFake(), t.TempDir())
+	defer a.Close()
+	dep := func(class string) reeve.App {
+		return reeve.App{ID: 5, Class: class, Releases: map[string]reeve.Release{"fw1": {Services: map[string]reeve.Service{"fw": {Image: "fw:1"}}}}}
+	}
+	own := reeve.DeviceTarget{Apps: map[string]reeve.App{"sensors": dep(reeve.ClassDependent)}}
+	for name, tc := range map[string]struct {
+		ts   reeve.TargetState
+		want string
+	}{
+		"another device's fleet app": {reeve.TargetState{a.UUID(): own, "dev2": {Apps: map[string]reeve.App{"other": dep(reeve.ClassFleet)}}},
+			"must be a dependent device"},
+		"a dependent app this device does not carry": {reeve.TargetState{a.UUID(): {Apps: map[string]reeve.App{}}, "dev2": {Apps: map[string]reeve.App{"sensors": dep(reeve.ClassDependent)}}},
+			"not a dependent app of this device"},
+		"dependent apps without a dependent-device store": {reeve.TargetState{a.UUID(): own, "dev2": {Apps: map[string]reeve.App{"sensors": dep(reeve.ClassDependent)}}},
+			"carries no dependent devices"},
+	} {
+		_, err := a.SetTarget(context.Background(), tc.ts)
+		var ve *reeve.ValidationError
+		if !errors.As(err, &ve) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want a validation error saying %q", name, err, tc.want)
+		}
 	}
 	if _, v := a.Target(); v != 0 {
 		t.Fatal("a refused target was stored")

@@ -82,6 +82,8 @@ func (a *Agent) execute(ctx context.Context, s engine.Step, env engine.Env) erro
 		return a.takeLock(ctx, s.AppUUID, s.Services, env.Force || a.forced(s.AppUUID))
 	case engine.ActionReleaseLock:
 		return a.releaseLock(ctx, s.AppUUID)
+	case engine.ActionUpdateDependentTargets, engine.ActionSendDependentHooks, engine.ActionRemoveDependentApp:
+		return a.dependentStep(ctx, s)
 	case engine.ActionFetch, engine.ActionNoop:
 		return nil
 	}
@@ -277,4 +279,20 @@ func (a *Agent) releaseLockFiles(_ context.Context, app string, services []strin
 		}
 	}
 	return nil
+}
+
+// dependentStep carries out a step of a dependent app.
+func (a *Agent) dependentStep(ctx context.Context, s engine.Step) error {
+	d := a.cfg.Dependents
+	if d == nil {
+		return errors.New("this agent carries no dependent devices")
+	}
+	switch s.Action {
+	case engine.ActionUpdateDependentTargets:
+		return d.UpdateTargets(ctx, *s.Dependent)
+	case engine.ActionSendDependentHooks:
+		return d.ReleaseHooks(ctx, s.AppUUID, s.Hash)
+	default:
+		return d.RemoveApp(ctx, s.AppUUID)
+	}
 }

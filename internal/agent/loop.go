@@ -300,7 +300,13 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 	a.mu.Lock()
 	env.KeepImages = a.ov.intermediate()
 	forced := maps.Clone(a.ov.force)
+	env.DependentTargets = a.target.DependentApps(a.uuid)
 	a.mu.Unlock()
+	if a.cfg.Dependents != nil {
+		if env.Dependents, err = a.cfg.Dependents.PlanState(ctx); err != nil {
+			return engine.Env{}, fmt.Errorf("read the dependent apps: %w", err)
+		}
+	}
 	for ref, f := range dl.failed {
 		env.FetchFailed[ref] = f.err
 		if env.Now.Before(f.retryAt) {
@@ -318,7 +324,7 @@ func (a *Agent) planEnv(ctx context.Context, snap reeve.Snapshot, dev reeve.Devi
 		apps[c.AppUUID][c.ServiceName] = true
 	}
 	for uuid, app := range dev.Apps {
-		if _, rel, ok := app.Release(); ok {
+		if _, rel, ok := app.Release(); ok && app.Class != reeve.ClassDependent {
 			if apps[uuid] == nil {
 				apps[uuid] = map[string]bool{}
 			}
@@ -448,8 +454,11 @@ func (a *Agent) makeRoom(ctx context.Context, ref string) bool {
 		return false
 	}
 	inFlight := a.downloadState().inFlight
+	a.mu.Lock()
+	deps := a.target.DependentApps(a.uuid)
+	a.mu.Unlock()
 	removed := false
-	for _, img := range engine.UnusedImages(snap, dev, engine.Env{OwnedImages: owned, InFlight: inFlight}) {
+	for _, img := range engine.UnusedImages(snap, dev, engine.Env{OwnedImages: owned, InFlight: inFlight, DependentTargets: deps}) {
 		if err := a.rt.RemoveImage(ctx, img); err != nil {
 			a.log.Warn("could not remove an unused image to make room", "image", img, "err", err)
 			continue
@@ -478,6 +487,13 @@ func (a *Agent) cancelUnneededFetches(dev reeve.DeviceTarget) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for _, da := range a.target.DependentApps(a.uuid) { // firmware of pinned devices too
+		for _, img := range da.Images() {
+			if ref, err := reeve.NormalizeImage(img); err == nil {
+				needed[ref] = true
+			}
+		}
+	}
 	for ref, f := range a.fetches {
 		if !needed[ref] {
 			f.cancel()

@@ -111,7 +111,7 @@ func (a *Agent) setStatus(snap reeve.Snapshot, dev reeve.DeviceTarget, version i
 	for _, appUUID := range sortedAppKeys(dev.Apps) {
 		app := dev.Apps[appUUID]
 		commit, rel, ok := app.Release()
-		if !ok {
+		if !ok || app.Class == reeve.ClassDependent { // dependent apps run nothing here
 			continue
 		}
 		lock := env.Locks[appUUID]

@@ -9,17 +9,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/httpx"
 	"reeve.dev/reeve/internal/localapi"
@@ -56,6 +59,9 @@ type Config struct {
 	Link fleetlink.LinkConfig
 	// Logs tunes collecting and shipping the device's log.
 	Logs LogsConfig
+	// Dependents tunes the dependent devices' hooks; Dir, Log, Export,
+	// HookAddress, Provision and Logger are filled in.
+	Dependents dependent.Config
 }
 
 // Main runs the agent role.
@@ -66,6 +72,7 @@ type Main struct {
 	agent     *agent.Agent
 	link      *fleetlink.Link // nil in local mode
 	logs      *logPipeline
+	deps      *dependent.Manager
 	srv       *http.Server
 	listener  net.Listener
 	wg        sync.WaitGroup
@@ -114,10 +121,35 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		rt.Close()
 		return nil, err
 	}
+	var (
+		a    *agent.Agent
+		link *fleetlink.Link
+	)
+	dc := cfg.Dependents
+	dc.Dir, dc.Logger, dc.Log = filepath.Join(cfg.DataDir, "dependent"), cfg.Logger, logs.add
+	dc.Export = func(ctx context.Context, image string, w io.Writer) error {
+		return rt.ExportDir(ctx, image, "/assets", w)
+	}
+	dc.HookAddress = func() string {
+		ts, _ := a.Target()
+		return dependent.HookAddress(ts[a.UUID()])
+	}
+	if conf != nil {
+		dc.Provision = func(ctx context.Context, req dependent.ProvisionRequest) (reeve.Device, error) {
+			return link.RegisterDependent(ctx, req)
+		}
+	}
+	deps, err := dependent.Open(ctx, dc)
+	if err != nil {
+		ln.Close()
+		logs.close()
+		rt.Close()
+		return nil, err
+	}
 	ac := cfg.Agent
 	ac.DataDir, ac.Runtime, ac.Logger = cfg.DataDir, rt, cfg.Logger
 	ac.SystemLog = logs.system
-	var a *agent.Agent
+	ac.Dependents = deps
 	ac.Observe = func(snap reeve.Snapshot) {
 		ts, _ := a.Target()
 		logs.observe(snap, ts[a.UUID()].Config)
@@ -141,6 +173,7 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	a, err = agent.New(ctx, ac)
 	if err != nil {
 		ln.Close()
+		deps.Close()
 		logs.close()
 		rt.Close()
 		return nil, err
@@ -148,14 +181,15 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	opts := localapi.Options{Local: cfg.Local, Logger: cfg.Logger,
 		Reboot:   hostCommand(cfg.RebootCommand, powerCommand("Reboot", exec.LookPath, fileExists)),
 		Shutdown: hostCommand(cfg.ShutdownCommand, powerCommand("PowerOff", exec.LookPath, fileExists))}
-	var link *fleetlink.Link
 	if conf != nil {
 		lc := cfg.Link
 		lc.Config, lc.DataDir, lc.Agent, lc.Logger = conf, cfg.DataDir, a, cfg.Logger
 		lc.APIPort = ln.Addr().(*net.TCPAddr).Port
+		lc.Dependents = deps.Reports
 		if link, err = fleetlink.New(lc); err != nil {
 			ln.Close()
 			a.Close()
+			deps.Close()
 			logs.close()
 			rt.Close()
 			return nil, err
@@ -166,8 +200,9 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		opts.Tags, opts.PatchTags = link.Tags, link.PatchTags
 	}
 	opts.Logs, opts.LogStatus = logs.tail, logs.status
+	opts.Dependents = deps
 	api := localapi.New(a, opts)
-	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, logs: logs, listener: ln, serveErr: make(chan error, 1),
+	m := &Main{cfg: cfg, log: cfg.Logger, rt: rt, agent: a, link: link, logs: logs, deps: deps, listener: ln, serveErr: make(chan error, 1),
 		srv: &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}}
 	return m, nil
 }
@@ -187,6 +222,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.agent.Start(ctx); err != nil {
 		return errors.Join(err, m.Close())
 	}
+	m.deps.Start(ctx)
 	if m.link != nil {
 		if err := m.link.Start(ctx); err != nil {
 			return errors.Join(err, m.Close())
@@ -226,7 +262,7 @@ func (m *Main) Close() error {
 			errs = append(errs, m.link.Close())
 		}
 		// The agent before the logs, so that its last lines are kept.
-		errs = append(errs, m.agent.Close(), m.logs.close(), m.rt.Close())
+		errs = append(errs, m.agent.Close(), m.deps.Close(), m.logs.close(), m.rt.Close())
 	})
 	return errors.Join(errs...)
 }

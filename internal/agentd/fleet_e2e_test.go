@@ -17,6 +17,7 @@ import (
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
 	"reeve.dev/reeve/internal/agentd"
+	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/fleetlink"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/runtime/docker"
@@ -74,6 +75,8 @@ func newFleetRig(t *testing.T) *fleetRig {
 		Agent: agent.Config{NoopDelay: 100 * time.Millisecond, ReconcileInterval: time.Second,
 			BackoffMin: 100 * time.Millisecond, BackoffMax: 2 * time.Second},
 		Link: fleetlink.LinkConfig{ReportInterval: 200 * time.Millisecond, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second},
+		// Hooks are paced as on a device, only faster.
+		Dependents: dependent.Config{HookInterval: 2 * time.Second},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -86,6 +86,9 @@ func (p *logPipeline) start(ctx context.Context) {
 // system takes one of the agent's own lines; it never blocks.
 func (p *logPipeline) system(service, message string) { p.collector.System(service, message) }
 
+// add takes a line of a dependent device; it never blocks.
+func (p *logPipeline) add(line reeve.LogLine) { p.collector.Add(line) }
+
 // observe follows the containers of a snapshot, forgets the cursors of the
 // ones gone, and applies the log queue's cap from the device config.
 func (p *logPipeline) observe(snap reeve.Snapshot, config map[string]string) {

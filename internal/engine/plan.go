@@ -125,6 +125,9 @@ func newPlanner(cur reeve.Snapshot, target reeve.DeviceTarget, env Env) *planner
 	for uuid := range target.Apps {
 		p.appsSeen[uuid] = true
 	}
+	for uuid := range env.Dependents {
+		p.appsSeen[uuid] = true
+	}
 	// An agent lock left on an app that is otherwise gone still has to be
 	// released.
 	for uuid, l := range env.Locks {
@@ -165,6 +168,11 @@ func (p *planner) unusedOwnedImages() []string {
 			for _, svc := range rel.Services {
 				used[normImage(svc.Image)] = true
 			}
+		}
+	}
+	for _, da := range p.env.DependentTargets {
+		for _, img := range da.Images() {
+			used[normImage(img)] = true
 		}
 	}
 	owned := map[string]bool{}
@@ -220,7 +228,9 @@ func init() {
 		ActionUpdateMetadata, ActionRestart, ActionHandover,
 		ActionCreateNetwork, ActionRemoveNetwork, ActionCreateVolume,
 		ActionRemoveVolume, ActionRemoveImage, ActionCleanup,
-		ActionTakeLock, ActionReleaseLock, ActionNoop,
+		ActionTakeLock, ActionReleaseLock,
+		ActionUpdateDependentTargets, ActionSendDependentHooks, ActionRemoveDependentApp,
+		ActionNoop,
 	} {
 		actionOrder[a] = i
 	}

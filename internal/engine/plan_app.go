@@ -60,6 +60,10 @@ func (a *appPlan) remove(c reeve.ServiceState) {
 func (p *planner) planApp(uuid string) (steps, waits []Step) {
 	a := &appPlan{uuid: uuid, name: uuid, handled: map[string]bool{}, leaving: map[string]bool{}}
 	app, inTarget := p.target.Apps[uuid]
+	if app.Class == reeve.ClassDependent || (!inTarget && p.isDependent(uuid)) {
+		p.planDependentApp(a, app, inTarget)
+		return a.fetch, a.waits
+	}
 	if inTarget && app.Name != "" {
 		a.name = app.Name
 	}

@@ -32,6 +32,12 @@ const (
 	ActionTakeLock       Action = "takeLock"       // take the update locks of App's Services
 	ActionReleaseLock    Action = "releaseLock"    // release the agent's locks of App
 	ActionNoop           Action = "noop"           // nothing to do now, but not converged: wait and plan again
+
+	// Dependent apps (microcontrollers carried by this device): their
+	// images are fetched with ActionFetch and never run.
+	ActionUpdateDependentTargets Action = "updateDependentTargets" // store Dependent: the app and its devices' targets; devices that left it are marked for deletion
+	ActionSendDependentHooks     Action = "sendDependentHooks"     // the app's firmware is on the device: tell the gateway application of devices whose target changed (Hash: the stored target)
+	ActionRemoveDependentApp     Action = "removeDependentApp"     // forget the app, its devices and their firmware, in one transaction
 )
 
 // Step is one thing to do. Only the fields its Action needs are set.
@@ -53,6 +59,11 @@ type Step struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Reason says why a noop waits, for status and logs.
 	Reason string `json:"reason,omitempty"`
+	// Dependent is the target updateDependentTargets stores.
+	Dependent *reeve.DependentApp `json:"dependent,omitempty"`
+	// Hash is the stored dependent target sendDependentHooks releases
+	// hooks for.
+	Hash string `json:"hash,omitempty"`
 }
 
 func (s Step) String() string {
@@ -61,6 +72,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("noop (%s)", s.Reason)
 	case s.Action == ActionTakeLock:
 		return fmt.Sprintf("%s %s %v", s.Action, short(s.AppUUID), s.Services)
+	case s.Action == ActionUpdateDependentTargets || s.Action == ActionSendDependentHooks || s.Action == ActionRemoveDependentApp:
+		return fmt.Sprintf("%s %s", s.Action, short(s.AppUUID))
 	case s.Action == ActionReleaseLock:
 		return fmt.Sprintf("%s %s", s.Action, short(s.AppUUID))
 	case s.Image != "":
@@ -112,4 +125,19 @@ type Env struct {
 	// KeepImages holds every image: the target is an intermediate one (an
 	// app restarting or being purged) whose images are needed again soon.
 	KeepImages bool
+	// DependentTargets are the dependent apps of the target state, with
+	// their devices' targets (reeve.TargetState.DependentApps), by app UUID.
+	DependentTargets map[string]reeve.DependentApp
+	// Dependents is what the agent has stored of each dependent app, by
+	// app UUID.
+	Dependents map[string]DependentState
+}
+
+// DependentState is what the agent has stored of one dependent app.
+type DependentState struct {
+	// TargetHash is the reeve.DependentApp.Hash of the target stored last.
+	TargetHash string
+	// HooksHash is the TargetHash the gateway application was last told
+	// about (sendDependentHooks).
+	HooksHash string
 }

@@ -65,6 +65,8 @@ type fakeRequest struct {
 	Status         int
 	ReportedFields []string // the fields of a report, sorted
 	Report         reeve.DeviceReport
+	// Dependents are the report's entries for dependent devices.
+	Dependents map[string]reeve.DeviceReport
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -257,13 +259,26 @@ func (s *fakeServer) report(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, reeve.CodeInvalid, "%v", err)
 		return
 	}
-	if len(cs) != 1 {
-		s.fail(w, r, reeve.CodeInvalid, "one device per report")
-		return
-	}
+	// The device's own entry is the one its key is for; the others are
+	// its dependent devices'.
 	var uuid string
 	var rep reeve.DeviceReport
-	for uuid, rep = range cs {
+	deps := map[string]reeve.DeviceReport{}
+	s.mu.Lock()
+	for k, v := range cs {
+		if _, ok := s.device(r, k); ok && uuid == "" {
+			uuid, rep = k, v
+		} else {
+			deps[k] = v
+		}
+	}
+	s.mu.Unlock()
+	if uuid == "" { // refused below: record what was sent
+		for k, v := range cs {
+			uuid, rep = k, v
+			delete(deps, k)
+			break
+		}
 	}
 	b, _ := json.Marshal(rep)
 	var raw map[string]json.RawMessage
@@ -273,7 +288,7 @@ func (s *fakeServer) report(w http.ResponseWriter, r *http.Request) {
 		fields = append(fields, k)
 	}
 	sort.Strings(fields)
-	withReport := func(fr *fakeRequest) { fr.ReportedFields, fr.Report = fields, rep }
+	withReport := func(fr *fakeRequest) { fr.ReportedFields, fr.Report, fr.Dependents = fields, rep, deps }
 
 	s.mu.Lock()
 	d, ok := s.device(r, uuid)

@@ -14,6 +14,7 @@ import (
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/agent"
+	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/serverapi"
 )
 
@@ -53,6 +54,10 @@ type LinkConfig struct {
 	APIPort int
 	// HostRoot is where /proc, /sys and /etc are read from. Default "/".
 	HostRoot string
+	// Dependents, when the device carries dependent devices, returns
+	// what the server should hear of each (dependent.Manager.Reports);
+	// reports then carry what changed of them too.
+	Dependents func(ctx context.Context) (map[string]reeve.DeviceReport, error)
 
 	// PollInterval is the wait between polls when the target does not set
 	// REEVE_SUPERVISOR_POLL_INTERVAL. Default 60 s.
@@ -436,6 +441,16 @@ func (l *Link) UploadLogs(ctx context.Context, stream string, body io.Reader) (u
 	}
 	ack, err := l.client.LogStream(ctx, l.uuid, stream, body, true)
 	return ack.LastSeq, err
+}
+
+// RegisterDependent provisions a dependent device this device carries,
+// through the fleet server.
+func (l *Link) RegisterDependent(ctx context.Context, req dependent.ProvisionRequest) (reeve.Device, error) {
+	rctx, cancel := l.requestContext(ctx, 0)
+	defer cancel()
+	return l.client.RegisterDependent(rctx, l.uuid, serverapi.RegisterDependentRequest{
+		AppID: req.AppID, DeviceType: req.DeviceType, LocalID: req.LocalID, Name: req.Name,
+	})
 }
 
 // Tags returns the device's tags from the server.

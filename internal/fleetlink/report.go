@@ -25,12 +25,14 @@ type reportCache struct {
 	Server string             `json:"server"`
 	UUID   string             `json:"uuid"`
 	Report reeve.DeviceReport `json:"report"`
+	// Dependents holds what the server has of each dependent device.
+	Dependents map[string]reeve.DeviceReport `json:"dependents,omitempty"`
 }
 
 // reportLoop sends what changed in the device's state, at most once per
 // ReportInterval, until ctx ends.
 func (l *Link) reportLoop(ctx context.Context) {
-	last := l.loadReport()
+	last, lastDeps := l.loadReport()
 	var met metricsSample
 	var metricsAt = l.cfg.Now() // read now, then every MetricsInterval
 	failures := 0
@@ -45,10 +47,16 @@ func (l *Link) reportLoop(ctx context.Context) {
 			metricsAt = now.Add(l.cfg.MetricsInterval)
 		}
 		diff, changed := diffReport(last, l.buildReport(met))
+		cs := reeve.CurrentState{l.uuid: diff}
+		depDiffs := l.dependentDiffs(ctx, lastDeps)
+		for uuid, d := range depDiffs {
+			cs[uuid] = d
+			changed = true
+		}
 		next := l.cfg.ReportInterval
 		if changed {
 			rctx, cancel := l.requestContext(ctx, 0)
-			err := l.client.Report(rctx, reeve.CurrentState{l.uuid: diff})
+			err := l.client.Report(rctx, cs)
 			cancel()
 			if err != nil && ctx.Err() != nil {
 				return
@@ -57,7 +65,12 @@ func (l *Link) reportLoop(ctx context.Context) {
 			case err == nil:
 				failures = 0
 				mergeReport(&last, diff)
-				l.saveReport(last)
+				for uuid, d := range depDiffs {
+					r := lastDeps[uuid]
+					mergeReport(&r, d)
+					lastDeps[uuid] = r
+				}
+				l.saveReport(last, lastDeps)
 				if lastErr != "" {
 					l.log.Info("the fleet server accepts reports again")
 					lastErr = ""
@@ -264,28 +277,61 @@ func nilable(v reflect.Value) bool {
 	return v.Kind() == reflect.Pointer || v.Kind() == reflect.Map
 }
 
-// loadReport returns the last report the server accepted, as cached.
-func (l *Link) loadReport() reeve.DeviceReport {
+// dependentDiffs returns what changed of the dependent devices since
+// last, by UUID, and drops from last the devices no longer carried. A
+// failure to read them only delays their report.
+func (l *Link) dependentDiffs(ctx context.Context, last map[string]reeve.DeviceReport) map[string]reeve.DeviceReport {
+	if l.cfg.Dependents == nil {
+		return nil
+	}
+	cur, err := l.cfg.Dependents(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("cannot read the dependent devices; reporting them later", "err", err)
+		}
+		return nil
+	}
+	for uuid := range last {
+		if _, ok := cur[uuid]; !ok {
+			delete(last, uuid)
+		}
+	}
+	out := map[string]reeve.DeviceReport{}
+	for uuid, r := range cur {
+		if d, changed := diffReport(last[uuid], r); changed {
+			out[uuid] = d
+		}
+	}
+	return out
+}
+
+// loadReport returns the last report the server accepted, as cached, and
+// what it has of each dependent device (never nil).
+func (l *Link) loadReport() (reeve.DeviceReport, map[string]reeve.DeviceReport) {
+	deps := map[string]reeve.DeviceReport{}
 	b, err := os.ReadFile(filepath.Join(l.cfg.DataDir, reportFile))
 	if err != nil {
 		if !os.IsNotExist(err) {
 			l.log.Warn("cannot read the cached report; sending the whole state", "err", err)
 		}
-		return reeve.DeviceReport{}
+		return reeve.DeviceReport{}, deps
 	}
 	var c reportCache
 	if err := json.Unmarshal(b, &c); err != nil {
 		l.log.Warn("the cached report is damaged; sending the whole state", "err", err)
-		return reeve.DeviceReport{}
+		return reeve.DeviceReport{}, deps
 	}
 	if c.Server != l.client.BaseURL() || c.UUID != l.uuid {
-		return reeve.DeviceReport{}
+		return reeve.DeviceReport{}, deps
 	}
-	return c.Report
+	if c.Dependents != nil {
+		deps = c.Dependents
+	}
+	return c.Report, deps
 }
 
-func (l *Link) saveReport(r reeve.DeviceReport) {
-	b, err := json.Marshal(reportCache{Server: l.client.BaseURL(), UUID: l.uuid, Report: r})
+func (l *Link) saveReport(r reeve.DeviceReport, deps map[string]reeve.DeviceReport) {
+	b, err := json.Marshal(reportCache{Server: l.client.BaseURL(), UUID: l.uuid, Report: r, Dependents: deps})
 	if err == nil {
 		err = atomicfile.Write(filepath.Join(l.cfg.DataDir, reportFile), b, 0o600)
 	}

@@ -1,12 +1,15 @@
 package fleetlink
 
 import (
+	"context"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"reeve.dev/reeve"
@@ -92,6 +95,51 @@ func assertNoReportFor(t *testing.T, h *harness, rounds int) {
 	waitFor(t, "report rounds", func() bool { return len(h.waitsOf(waitReport)) >= w+rounds })
 	if got := h.srv.reports(0); len(got) != n {
 		t.Errorf("reports sent with nothing changed: %s", describe(got[n:]))
+	}
+}
+
+func TestReportCarriesWhatChangedOfDependentDevices(t *testing.T) {
+	h := reportingHarness(t)
+	var mu sync.Mutex
+	online := true
+	deps := map[string]reeve.DeviceReport{
+		"dep1": {Status: ptr("Idle"), IsOnline: &online, Commit: ptr("fw1")},
+		"dep2": {Status: ptr("Updating"), IsOnline: &online},
+	}
+	h.start(func(c *LinkConfig) {
+		c.Dependents = func(context.Context) (map[string]reeve.DeviceReport, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(deps), nil
+		}
+	})
+	waitFor(t, "a report", func() bool { return len(h.srv.reports(http.StatusOK)) == 1 })
+	first := h.srv.reports(http.StatusOK)[0]
+	if len(first.Dependents) != 2 || *first.Dependents["dep1"].Commit != "fw1" || *first.Dependents["dep2"].Status != "Updating" {
+		t.Fatalf("first report's dependents %+v", first.Dependents)
+	}
+	// dep2 finishes; dep1 is forgotten: only dep2's status travels, with
+	// an empty entry of the device's own.
+	mu.Lock()
+	deps["dep2"] = reeve.DeviceReport{Status: ptr("Idle"), IsOnline: &online}
+	delete(deps, "dep1")
+	mu.Unlock()
+	waitFor(t, "a second report", func() bool { return len(h.srv.reports(http.StatusOK)) == 2 })
+	second := h.srv.reports(http.StatusOK)[1]
+	if len(second.ReportedFields) != 0 || len(second.Dependents) != 1 {
+		t.Fatalf("second report: own fields %v, dependents %+v", second.ReportedFields, second.Dependents)
+	}
+	if d := second.Dependents["dep2"]; d.Status == nil || *d.Status != "Idle" || d.IsOnline != nil {
+		t.Fatalf("dep2's diff %+v, want only its status", d)
+	}
+	// dep1 comes back: what the server had of a forgotten device is not
+	// kept, so it is told all of it again.
+	mu.Lock()
+	deps["dep1"] = reeve.DeviceReport{Status: ptr("Idle"), IsOnline: &online, Commit: ptr("fw1")}
+	mu.Unlock()
+	waitFor(t, "a third report", func() bool { return len(h.srv.reports(http.StatusOK)) == 3 })
+	if third := h.srv.reports(http.StatusOK)[2]; len(third.Dependents) != 1 || third.Dependents["dep1"].Commit == nil {
+		t.Fatalf("third report's dependents %+v", third.Dependents)
 	}
 }
 

@@ -27,6 +27,8 @@ func StatusOf(code string) int {
 		return http.StatusForbidden
 	case reeve.CodeNotFound:
 		return http.StatusNotFound
+	case reeve.CodeGone:
+		return http.StatusGone
 	case reeve.CodeConflict:
 		return http.StatusConflict
 	case reeve.CodeLocked:

@@ -81,6 +81,9 @@ type Options struct {
 	// LogStatus, when the agent ships its log, says how that is doing
 	// (in GET /v2/state/status).
 	LogStatus func() *logship.Status
+	// Dependents keeps the dependent devices the agent carries (the
+	// /v1/devices and /v1/dependent-apps routes). Nil: those answer 503.
+	Dependents Dependents
 }
 
 // Server serves the local API.
@@ -138,6 +141,15 @@ func New(a Agent, opts Options) *Server {
 		{"GET", "/v2/device/tags", anyKey, s.deviceTags},
 		{"PATCH", "/v2/device/tags", anyKey, s.patchDeviceTags},
 		{"GET", "/v2/cleanup-volumes", deviceKey, s.cleanupVolumes},
+
+		// Dependent devices (dependent.go), for the gateway application.
+		{"GET", "/v1/devices", anyKey, s.dependentDevices},
+		{"POST", "/v1/devices", anyKey, s.provisionDependent},
+		{"GET", "/v1/devices/{uuid}", anyKey, s.dependentDevice},
+		{"PUT", "/v1/devices/{uuid}", anyKey, s.updateDependent},
+		{"POST", "/v1/devices/{uuid}/logs", anyKey, s.dependentLogs},
+		{"GET", "/v1/dependent-apps", anyKey, s.dependentApps},
+		{"GET", "/v1/dependent-apps/{appId}/assets/{commit}", anyKey, s.dependentAssets},
 	}
 	// paths answers a request whose path is a route's but whose method is
 	// not: 405 with the methods that are.
@@ -164,6 +176,11 @@ func New(a Agent, opts Options) *Server {
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if h, pattern := paths.Handler(r); pattern != "" {
 			h.ServeHTTP(w, r)
+			return
+		}
+		// Keys first, as balena's supervisor does: a gateway application
+		// checks that the agent is up with GET / and expects 401.
+		if _, ok := s.authorize(w, r, anyKey); !ok {
 			return
 		}
 		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeNotFound, "no route %s %s: see docs/api.md for the routes", r.Method, r.URL.Path))

@@ -227,21 +227,27 @@ func (c *Collector) syncLocked(containers []reeve.ServiceState) []*collectorFoll
 }
 
 // System adds one of the agent's own lines (System: true) for a service
-// ("" for none), timestamped with Now. It never blocks: while the sink
-// does not keep up and MaxBatch of these lines wait, more are dropped (and
-// counted in a line added once there is room).
+// ("" for none), timestamped with Now. It never blocks (see Add).
 func (c *Collector) System(service, message string) {
-	rec := Record{LogLine: reeve.LogLine{
-		Timestamp: c.now(),
-		Service:   service,
-		System:    true,
-		Message:   reeve.TruncateLogMessage(message),
-	}}
+	c.Add(reeve.LogLine{Service: service, System: true, Message: message})
+}
+
+// Add adds a line no container wrote: the agent's own, or a dependent
+// device's (Device set). A zero Timestamp is Now; the message is cut to
+// reeve.MaxLogLineBytes. It never blocks: while the sink does not keep up
+// and MaxBatch of these lines wait, more are dropped (and counted in a
+// line added once there is room).
+func (c *Collector) Add(line reeve.LogLine) {
+	if line.Timestamp.IsZero() {
+		line.Timestamp = c.now()
+	}
+	line.Message = reeve.TruncateLogMessage(line.Message)
+	rec := Record{LogLine: line}
 	c.mu.Lock()
 	switch {
 	case c.closed:
 		c.mu.Unlock()
-		c.log.Debug("agent log line after close dropped", "service", service, "message", message)
+		c.log.Debug("log line after close dropped", "service", line.Service, "device", line.Device, "message", line.Message)
 		return
 	case len(c.system) >= c.maxBatch:
 		if c.dropped == 0 {
@@ -252,7 +258,7 @@ func (c *Collector) System(service, message string) {
 		return
 	case c.dropped > 0:
 		c.system = append(c.system, Record{LogLine: reeve.LogLine{
-			Timestamp: rec.Timestamp,
+			Timestamp: c.now(),
 			System:    true,
 			Message:   fmt.Sprintf("%d agent log lines dropped: the log sink did not keep up", c.dropped),
 		}})
