@@ -413,6 +413,10 @@ type AssetCache struct {
 	// Logger hears of tars built and of entries left out of them. Nil:
 	// slog.Default().
 	Logger *slog.Logger
+	// Keep, when set, names the commits of an app whose tars stay when
+	// the tar of another is built (those its target still holds: devices
+	// pinned to an older release). Nil: only the newest tar stays.
+	Keep func(appID int64) map[string]bool
 
 	dir    string
 	export func(ctx context.Context, image string, w io.Writer) error
@@ -651,6 +655,10 @@ func (c *AssetCache) removeOthers(key assetKey, dir string) {
 		c.logger().Warn("cannot list firmware tars", "dir", dir, "err", err)
 		return
 	}
+	var keep map[string]bool
+	if c.Keep != nil {
+		keep = c.Keep(key.app)
+	}
 	for _, e := range list {
 		name := e.Name()
 		var commit string
@@ -661,7 +669,7 @@ func (c *AssetCache) removeOthers(key assetKey, dir string) {
 			}
 		} else if strings.HasSuffix(name, ".tar") {
 			commit = strings.TrimSuffix(name, ".tar")
-			if commit == key.commit {
+			if commit == key.commit || keep[commit] {
 				continue
 			}
 		} else {

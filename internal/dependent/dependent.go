@@ -117,6 +117,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, log: cfg.Logger, st: st, wake: make(chan struct{}, 1)}
 	m.assets = NewAssetCache(filepath.Join(cfg.Dir, "assets"), cfg.Export)
 	m.assets.Logger = cfg.Logger
+	m.assets.Keep = m.targetCommits
 	return m, nil
 }
 
@@ -346,6 +347,30 @@ func (m *Manager) Assets(ctx context.Context, appID int64, commit string) (*os.F
 		return nil, reeve.Errorf(reeve.CodeNotFound, "dependent app %d has no release %q on this device (its release is %q)", appID, commit, app.Commit)
 	}
 	return m.assets.Open(ctx, appID, commit, image)
+}
+
+// targetCommits returns the commits an app's stored target holds: its
+// release's and those devices are pinned to.
+func (m *Manager) targetCommits(appID int64) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out := map[string]bool{}
+	app, err := m.st.appByID(ctx, appID)
+	if err != nil {
+		return out
+	}
+	out[app.Commit] = true
+	devs, err := m.st.devices(ctx)
+	if err != nil {
+		m.log.Warn("cannot list the dependent devices: keeping only the newest firmware tar", "err", err)
+		return out
+	}
+	for _, d := range devs {
+		if d.AppUUID == app.UUID && d.TargetCommit != "" {
+			out[d.TargetCommit] = true
+		}
+	}
+	return out
 }
 
 // Reports returns what the fleet server should hear of each device, by

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -428,5 +429,39 @@ func TestHookAddressPrecedence(t *testing.T) {
 	dev.Config = nil
 	if got := HookAddress(dev); got != DefaultHookAddress {
 		t.Errorf("with neither: %q", got)
+	}
+}
+
+func TestFirmwareOfPinnedDevicesStays(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	tgt := target("v2", map[string]map[string]string{devA: nil})
+	tgt.Devices[devB] = reeve.DependentTarget{Name: "pinned", Commit: "v1", Image: "fw:v1"}
+	f.store(t, tgt)
+	paths := map[string]string{}
+	for _, c := range []string{"v1", "v2"} {
+		file, err := f.m.Assets(ctx, 9, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths[c] = file.Name()
+		file.Close()
+	}
+	for c, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the tar of %s, which a device is pinned to, went: %v", c, err)
+		}
+	}
+	// The pin ends and a new release comes: its tar replaces both.
+	f.store(t, target("v3", map[string]map[string]string{devA: nil, devB: nil}))
+	file, err := f.m.Assets(ctx, 9, "v3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+	for c, p := range paths {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("the tar of %s stayed after no device needed it: %v", c, err)
+		}
 	}
 }

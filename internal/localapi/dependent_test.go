@@ -181,3 +181,20 @@ func TestDependentRoutes(t *testing.T) {
 		t.Fatalf("without dependent devices: %d, want 503", resp.StatusCode)
 	}
 }
+
+func TestSupervisorRoutesLeaveDependentAppsOut(t *testing.T) {
+	f := newFake()
+	f.target["dev1"].Apps["dep"] = reeve.App{ID: 9, Name: "sensors", Class: reeve.ClassDependent,
+		Releases: map[string]reeve.Release{"v1": {ID: 3, Services: map[string]reeve.Service{"firmware": {Image: "fw:1"}}}}}
+	h := New(f, Options{})
+	resp, body := do(t, h, "GET", "/v2/applications/state", "", "")
+	if resp.StatusCode != 200 || strings.Contains(string(body), "sensors") {
+		t.Fatalf("apps state lists the dependent app: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := do(t, h, "GET", "/v1/apps/9", "", ""); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /v1/apps/9 of a dependent app: %d %s, want 404", resp.StatusCode, body)
+	}
+	if resp, body := do(t, h, "POST", "/v1/restart", "application/json", `{"appId": 9}`); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("restarting a dependent app: %d %s, want 404", resp.StatusCode, body)
+	}
+}

@@ -24,8 +24,7 @@ import (
 // the caller may act on it: 403 for another app's key, 404 when the device
 // has no app with that ID.
 func (s *Server) lookupApp(c caller, appID int64) (string, reeve.App, error) {
-	ts, _ := s.agent.Target()
-	apps := ts[s.agent.UUID()].Apps
+	apps := s.ownApps()
 	uuid, found := "", false
 	for _, u := range sortedKeys(apps) {
 		if apps[u].ID == appID {
@@ -322,8 +321,7 @@ type V1Device struct {
 // app's key sees its own app's).
 func (s *Server) v1Device(w http.ResponseWriter, r *http.Request, c caller) {
 	st := s.agent.Status()
-	ts, _ := s.agent.Target()
-	apps := ts[s.agent.UUID()].Apps
+	apps := s.ownApps()
 	out := V1Device{SupervisorVersion: reeve.Version}
 	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 		if tcp, ok := addr.(*net.TCPAddr); ok {
@@ -389,8 +387,7 @@ func (s *Server) hostAction(name string, run func(ctx context.Context) error) ha
 			httpx.WriteError(w, s.log, err)
 			return
 		}
-		ts, _ := s.agent.Target()
-		apps := ts[s.agent.UUID()].Apps
+		apps := s.ownApps()
 		for _, uuid := range sortedKeys(apps) {
 			if s.locked(uuid, force) {
 				app := apps[uuid]
@@ -453,8 +450,7 @@ func (s *Server) statusIndex() map[[2]string]agent.ServiceStatus {
 
 // appsState answers with every app the caller may see.
 func (s *Server) appsState(w http.ResponseWriter, _ *http.Request, c caller) {
-	ts, _ := s.agent.Target()
-	apps := ts[s.agent.UUID()].Apps
+	apps := s.ownApps()
 	idx := s.statusIndex()
 	out := map[string]AppState{}
 	for _, uuid := range sortedKeys(apps) {
@@ -770,4 +766,18 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// ownApps returns the apps of the device's target that run on it: its
+// dependent apps (firmware for the devices it carries, see dependent.go)
+// are not the supervisor routes' business.
+func (s *Server) ownApps() map[string]reeve.App {
+	ts, _ := s.agent.Target()
+	out := map[string]reeve.App{}
+	for uuid, app := range ts[s.agent.UUID()].Apps {
+		if app.Class != reeve.ClassDependent {
+			out[uuid] = app
+		}
+	}
+	return out
 }
