@@ -94,12 +94,19 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureIn(t, t.TempDir())
+}
+
+// newFixtureIn opens a manager on dir (as an agent restarted on its data
+// directory does).
+func newFixtureIn(t *testing.T, dir string) *fixture {
+	t.Helper()
 	f := &fixture{clock: &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}, hooks: &hookRecorder{}}
 	srv := httptest.NewServer(f.hooks)
 	t.Cleanup(srv.Close)
 	n := 0
 	m, err := Open(t.Context(), Config{
-		Dir: t.TempDir(),
+		Dir: dir,
 		Provision: func(ctx context.Context, req ProvisionRequest) (reeve.Device, error) {
 			n++
 			return reeve.Device{UUID: fmt.Sprintf("%032x", n), Name: "sensor", DeviceType: req.DeviceType, LocalID: req.LocalID}, nil
@@ -463,5 +470,39 @@ func TestFirmwareOfPinnedDevicesStays(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("the tar of %s stayed after no device needed it: %v", c, err)
 		}
+	}
+}
+
+func TestRestartKeepsDevicesAndWhatWasAcknowledged(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixtureIn(t, dir)
+	f.store(t, target("v1", map[string]map[string]string{devA: {"A": "1"}, devB: nil}))
+	online := true
+	if _, err := f.m.Update(t.Context(), devA, Patch{IsOnline: &online}); err != nil {
+		t.Fatal(err)
+	}
+	f.hooks.status = func(_, uuid string) int {
+		if uuid == devB {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	}
+	if got := f.round(t); len(got) != 2 {
+		t.Fatalf("hooks %+v, want two", got)
+	}
+	if err := f.m.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	g := newFixtureIn(t, dir)
+	g.clock.t = f.clock.now().Add(time.Minute)
+	d, err := g.m.Device(t.Context(), devA)
+	if err != nil || !d.IsOnline || d.Hook != "acknowledged" || d.TargetEnvironment["A"] != "1" {
+		t.Fatalf("after a restart: %+v, %v", d, err)
+	}
+	// The acknowledged hook is not sent again; the failed one is.
+	got := g.round(t)
+	if len(got) != 1 || got[0].UUID != devB {
+		t.Fatalf("hooks after a restart %+v, want only %s's again", got, devB)
 	}
 }
