@@ -59,7 +59,7 @@ func rootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(append([]*cobra.Command{agentCmd(), devCmd(), localCmd(), exampleCmd(), benchCmd()}, fleetCommands()...)...)
-	root.AddCommand(serverCmd())
+	root.AddCommand(serverCmd(), gatewayCmd())
 	return root
 }
 

@@ -41,6 +41,7 @@ type fleetRig struct {
 	reg    *testimage.Registry
 	fleet  reeve.Fleet
 	uuid   string
+	log    *slog.Logger
 }
 
 func newFleetRig(t *testing.T) *fleetRig {
@@ -49,6 +50,7 @@ func newFleetRig(t *testing.T) *fleetRig {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &fleetRig{t: t, ctx: ctx, reg: testimage.StartRegistry(t)}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	r.log = log
 
 	const token = "fleet-e2e-admin-token-0123456789"
 	r.srv = serverdtest.Start(t, token, log.With("role", "server"))
