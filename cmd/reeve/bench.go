@@ -17,6 +17,7 @@ func benchCmd() *cobra.Command {
 	cmd.AddCommand(benchApplyCmd())
 	cmd.AddCommand(benchServerCmd())
 	cmd.AddCommand(benchLogsCmd())
+	cmd.AddCommand(benchGatewayCmd())
 	return cmd
 }
 

@@ -17,14 +17,12 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -39,7 +37,6 @@ import (
 	"reeve.dev/reeve/internal/runtime/docker"
 	"reeve.dev/reeve/internal/selfimage"
 	"reeve.dev/reeve/internal/serverapi"
-	"reeve.dev/reeve/internal/serverd"
 )
 
 // LogsOptions configures Logs. Zero values get the documented defaults.
@@ -171,7 +168,8 @@ func Logs(ctx context.Context, opts LogsOptions, out io.Writer) (LogsResult, err
 	if err := opts.defaults(); err != nil {
 		return res, err
 	}
-	b := &logBench{opts: opts, out: out, ns: "bench-logs-" + randomHex(3)}
+	b := &logBench{opts: opts, out: out}
+	b.deviceRig = deviceRig{ns: "bench-logs-" + randomHex(3), binary: opts.Binary, dockerHost: opts.DockerHost, logger: opts.Logger}
 	defer func() {
 		if err := b.close(); err != nil {
 			fmt.Fprintf(out, "warning: cleaning up: %v\n", err)
@@ -206,31 +204,15 @@ func Logs(ctx context.Context, opts LogsOptions, out io.Writer) (LogsResult, err
 
 // logBench is one run of Logs: what it set up, undone by close.
 type logBench struct {
-	opts    LogsOptions
-	out     io.Writer
-	ns      string // the agent's namespace on the engine
-	workDir string
-	engine  *client.Client
-	images  []string // one per load
-	op      *serverapi.Client
-	uuid    string
-	agent   *child
-	cleanup []func() error
+	deviceRig
+	opts   LogsOptions
+	out    io.Writer
+	engine *client.Client
+	images []string // one per load
 }
 
 func (b *logBench) printf(format string, args ...any) {
 	fmt.Fprintf(b.out, format, args...)
-}
-
-// close undoes what was set up, last first; it runs when ctx has ended
-// too.
-func (b *logBench) close() error {
-	var errs []error
-	for i := len(b.cleanup) - 1; i >= 0; i-- {
-		errs = append(errs, b.cleanup[i]())
-	}
-	b.cleanup = nil
-	return errors.Join(errs...)
 }
 
 // setup packs and pre-pulls the images, starts the registry, the fleet
@@ -286,7 +268,7 @@ func (b *logBench) setup(ctx context.Context) error {
 		b.images = append(b.images, img)
 	}
 
-	if err := b.startServer(ctx); err != nil {
+	if err := b.startServer(ctx, logsFleet); err != nil {
 		return err
 	}
 	if err := b.startAgent(ctx); err != nil {
@@ -301,92 +283,6 @@ func (b *logBench) setup(ctx context.Context) error {
 	b.printf("latency: arrival − the line's engine timestamp (reeve: LogLine.Timestamp, the timestamp the agent read from the engine; docker: the timestamp before the line)\n")
 	b.printf("lines/s: lines / (last arrival − first arrival); both sides follow the same container at once\n\n")
 	return nil
-}
-
-// startServer runs a fleet server in this process with a fleet and a
-// provisioning key, and writes the device's config.json.
-func (b *logBench) startServer(ctx context.Context) error {
-	dir := filepath.Join(b.workDir, "server")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
-	}
-	log := b.opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	token := randomHex(32)
-	m, err := serverd.New(ctx, serverd.Config{DataDir: dir, Listen: "127.0.0.1:0", AdminToken: token, Logger: log})
-	if err != nil {
-		return fmt.Errorf("start the fleet server: %w", err)
-	}
-	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }() // owned by the cleanup below
-	b.cleanup = append(b.cleanup, func() error {
-		stop()
-		if err := <-done; err != nil {
-			return fmt.Errorf("fleet server: %w", err)
-		}
-		return nil
-	})
-	b.op = serverapi.NewClient(m.URL(), token, nil)
-	if _, err := b.op.CreateFleet(ctx, serverapi.CreateFleetRequest{Name: logsFleet}); err != nil {
-		return fmt.Errorf("create fleet %s: %w", logsFleet, err)
-	}
-	key, err := b.op.CreateKey(ctx, logsFleet, serverapi.CreateKeyRequest{Name: "bench"})
-	if err != nil {
-		return fmt.Errorf("create a provisioning key: %w", err)
-	}
-	b.uuid = randomHex(16)
-	conf, err := json.Marshal(map[string]string{"apiEndpoint": m.URL(), "provisioningKey": key.Key, "uuid": b.uuid})
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(b.workDir, "config.json"), conf, 0o600)
-}
-
-// startAgent runs `reeve agent` as a child process and waits until its
-// device is registered.
-func (b *logBench) startAgent(ctx context.Context) error {
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	args := []string{"agent", "--config", filepath.Join(b.workDir, "config.json"), "--data", filepath.Join(b.workDir, "agent"),
-		"--listen", addr, "--namespace", b.ns, "--log-level", "warn"}
-	if b.opts.DockerHost != "" {
-		args = append(args, "--docker-host", b.opts.DockerHost)
-	}
-	if err := os.Mkdir(filepath.Join(b.workDir, "agent"), 0o700); err != nil {
-		return err
-	}
-	c, err := startChild("reeve agent", b.opts.Binary, args, nil, filepath.Join(b.workDir, "agent.log"))
-	if err != nil {
-		return err
-	}
-	b.agent = c
-	b.cleanup = append(b.cleanup, func() error { c.stop(); return nil })
-	if err := waitHTTP(ctx, c, "http://"+addr+"/ping", ""); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := b.op.Device(ctx, b.uuid)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the agent did not register within a minute: %w\n%s", err, c.logTail())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-c.exited:
-			c.exited <- err
-			return fmt.Errorf("the agent exited: %v\n%s", err, c.logTail())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // pause waits d; it returns ctx's error when ctx ends first.

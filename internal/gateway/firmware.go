@@ -61,6 +61,12 @@ func (c *firmwareCache) releaseDir(appID int64, commit string) string {
 	return filepath.Join(c.dir, strconv.FormatInt(appID, 10), commit)
 }
 
+// cached reports whether the release's firmware is here already.
+func (c *firmwareCache) cached(appID int64, commit string) bool {
+	_, err := os.Stat(c.releaseDir(appID, commit))
+	return err == nil
+}
+
 // get returns the release's firmware, downloading and extracting it the
 // first time. file is the app's FirmwareFileVar ("" when unset).
 func (c *firmwareCache) get(ctx context.Context, appID int64, commit, file string) (driver.Firmware, error) {

@@ -483,10 +483,9 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 		if err := g.agent.update(ctx, d.UUID, fields); err != nil {
 			log.Warn("cannot report the device's state", "err", err)
 		}
-		if s, ok := fields["status"].(string); ok {
-			g.st.set(ctx, d.UUID, "status", s)
+		if online != rec.IsOnline {
+			g.st.set(ctx, d.UUID, "is_online", online)
 		}
-		g.st.set(ctx, d.UUID, "is_online", online)
 	}
 	if !online {
 		return
@@ -596,20 +595,21 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 		if err := g.agent.update(rctx, d.UUID, fields); err != nil {
 			log.Warn("cannot report the install", "err", err)
 		}
-		if s, ok := fields["status"].(string); ok {
-			g.st.set(rctx, d.UUID, "status", s)
-		}
 	}
 	commit := d.TargetCommit
-	report(map[string]any{"status": "Downloading"})
+	if !g.fw.cached(app.ID, commit) {
+		report(map[string]any{"status": "Downloading"})
+	}
 	fw, err := g.fw.get(ctx, app.ID, commit, app.Config[FirmwareFileVar])
 	if err == nil {
 		report(map[string]any{"status": "Installing (0 %)"})
-		last := -1
+		last, lastAt := 0, time.Now()
 		err = ad.drv.Update(ctx, d.LocalID, fw, func(pc int) {
-			// Every 10 %: a report per chunk would swamp the agent.
-			if step := pc / 10 * 10; step > last && pc < 100 {
-				last = step
+			// In steps of 10 %, at most one a second: every report is a
+			// durable write in the agent, and hundreds of devices may be
+			// installing at once.
+			if step := pc / 10 * 10; step > last && pc < 100 && time.Since(lastAt) >= progressEvery {
+				last, lastAt = step, time.Now()
 				report(map[string]any{"status": fmt.Sprintf("Installing (%d %%)", step)})
 			}
 		})
@@ -618,9 +618,11 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 	defer cancel()
 	if err == nil {
 		log.Info("firmware installed", "commit", commit)
-		g.st.set(wctx, d.UUID, "attempts", 0)
-		g.st.set(wctx, d.UUID, "failed_commit", "")
-		g.st.set(wctx, d.UUID, "last_error", "")
+		if rec, ok, _ := g.st.record(wctx, d.UUID); ok && (rec.Attempts != 0 || rec.FailedCommit != "") {
+			g.st.set(wctx, d.UUID, "attempts", 0)
+			g.st.set(wctx, d.UUID, "failed_commit", "")
+			g.st.set(wctx, d.UUID, "last_error", "")
+		}
 		report(map[string]any{"status": "Idle", "commit": commit})
 		return
 	}
@@ -656,6 +658,10 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 		report(map[string]any{"status": fmt.Sprintf("Update failed (%s); trying again", reason)})
 	}
 }
+
+// progressEvery is the least time between two progress reports of one
+// install.
+const progressEvery = time.Second
 
 // forgottenKey marks a device removed from the fleet that is still on its
 // link.

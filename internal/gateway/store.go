@@ -20,9 +20,7 @@ type record struct {
 	UUID             string
 	AppID            int64
 	LocalID          string
-	Status           string
 	IsOnline         bool
-	Commit           string
 	Configured       string
 	FailedCommit     string
 	Attempts         int
@@ -47,11 +45,11 @@ func openStore(ctx context.Context, dir string) (*store, error) {
 
 func (s *store) close() error { return s.db.Close() }
 
-const recordCols = `uuid, app_id, local_id, status, is_online, commit_ref, configured, failed_commit, attempts, last_error, restart_requested`
+const recordCols = `uuid, app_id, local_id, is_online, configured, failed_commit, attempts, last_error, restart_requested`
 
 func scanRecord(r interface{ Scan(...any) error }) (record, error) {
 	var d record
-	err := r.Scan(&d.UUID, &d.AppID, &d.LocalID, &d.Status, &d.IsOnline, &d.Commit, &d.Configured, &d.FailedCommit, &d.Attempts, &d.LastError, &d.RestartRequested)
+	err := r.Scan(&d.UUID, &d.AppID, &d.LocalID, &d.IsOnline, &d.Configured, &d.FailedCommit, &d.Attempts, &d.LastError, &d.RestartRequested)
 	return d, err
 }
 
@@ -98,7 +96,7 @@ func (s *store) recordByLocal(ctx context.Context, appID int64, localID string) 
 // ensure records a device the gateway learnt of (provisioned, or listed
 // by the agent).
 func (s *store) ensure(ctx context.Context, uuid string, appID int64, localID string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (`+recordCols+`) VALUES (?, ?, ?, '', 0, '', '', '', 0, '', 0)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (`+recordCols+`) VALUES (?, ?, ?, 0, '', '', 0, '', 0)
 		ON CONFLICT (uuid) DO UPDATE SET app_id = excluded.app_id, local_id = excluded.local_id`, uuid, appID, localID)
 	if err != nil {
 		return fmt.Errorf("record device %s: %w", uuid, err)
@@ -109,7 +107,7 @@ func (s *store) ensure(ctx context.Context, uuid string, appID int64, localID st
 // set writes one field of a device.
 func (s *store) set(ctx context.Context, uuid, column string, value any) error {
 	switch column {
-	case "status", "is_online", "commit_ref", "configured", "failed_commit", "attempts", "last_error", "restart_requested":
+	case "is_online", "configured", "failed_commit", "attempts", "last_error", "restart_requested":
 	default:
 		return fmt.Errorf("no device field %q", column)
 	}

@@ -11,10 +11,9 @@ CREATE TABLE devices (
 	uuid              TEXT    PRIMARY KEY,
 	app_id            INTEGER NOT NULL,
 	local_id          TEXT    NOT NULL,
-	-- What was last told to the agent.
-	status            TEXT    NOT NULL,
+	-- Whether the device answered when last told to the agent (its
+	-- status and commit are the agent's to keep).
 	is_online         INTEGER NOT NULL,
-	commit_ref        TEXT    NOT NULL,
 	-- Hash of the environment and config the device was last given.
 	configured        TEXT    NOT NULL,
 	-- Failed installs of failed_commit so far, and why the last failed.
