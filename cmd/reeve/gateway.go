@@ -11,6 +11,7 @@ import (
 
 	"reeve.dev/reeve/internal/gateway"
 	"reeve.dev/reeve/internal/gateway/driver"
+	"reeve.dev/reeve/internal/gateway/driver/lwm2m"
 	"reeve.dev/reeve/internal/gateway/driver/mqtt"
 	"reeve.dev/reeve/internal/gateway/driver/sim"
 )
@@ -18,8 +19,9 @@ import (
 // gatewayDrivers are the drivers `reeve gateway` knows, by name.
 func gatewayDrivers() map[string]driver.Factory {
 	return map[string]driver.Factory{
-		"sim":  sim.New,
-		"mqtt": mqtt.New,
+		"sim":   sim.New,
+		"mqtt":  mqtt.New,
+		"lwm2m": lwm2m.New,
 	}
 }
 
@@ -84,7 +86,7 @@ func gatewayCmd() *cobra.Command {
 		Short: "Run the gateway: drive dependent devices (microcontrollers) for the agent",
 		Long: `Run the gateway (the edge node manager) beside the agent of a gateway device.
 It finds the devices of each dependent app over their own links (a driver per
-app: sim or mqtt, the one REEVE_GATEWAY_DRIVER in the app's config names, else --driver),
+app: sim, mqtt or lwm2m, the one REEVE_GATEWAY_DRIVER in the app's config names, else --driver),
 provisions them through the agent, installs their firmware releases, gives
 them their config and environment, and reports their status and logs.
 
@@ -128,7 +130,7 @@ http://127.0.0.1:1337). See docs/gateway.md.`,
 	f.StringVar(&cfg.DataDir, "data", "/var/lib/reeve-gateway", "directory for the gateway's database and firmware")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:1337", "address of the gateway's API and hook receiver")
 	f.StringVar(&cfg.FirmwareURL, "firmware-url", "", "how devices that download firmware themselves reach this gateway, such as http://192.168.1.10:1337 (default: the listen address)")
-	f.StringVar(&cfg.Driver, "driver", "", "driver for apps whose config has no REEVE_GATEWAY_DRIVER: sim or mqtt")
+	f.StringVar(&cfg.Driver, "driver", "", "driver for apps whose config has no REEVE_GATEWAY_DRIVER: sim, mqtt or lwm2m")
 	f.StringArrayVar(&opts, "driver-opt", nil, "a driver setting, driver.key=value (repeat), such as sim.devices=20")
 	f.DurationVar(&cfg.LoopDelay, "loop-delay", 10*time.Second, "wait between two rounds (default $REEVE_GATEWAY_LOOP_DELAY, or $ENM_CONFIG_LOOP_DELAY seconds, else 10s)")
 	f.IntVar(&cfg.UpdateRetries, "update-retries", 3, "installs of one release tried on a device before it is left failed")

@@ -501,7 +501,12 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	}
 	// Config and environment.
 	if h := configHash(d.TargetEnvironment, d.TargetConfig); h != rec.Configured && d.TargetCommit != "" {
-		if err := ad.drv.Configure(ctx, d.LocalID, d.TargetEnvironment, d.TargetConfig); err != nil {
+		err := ad.drv.Configure(ctx, d.LocalID, d.TargetEnvironment, d.TargetConfig)
+		if errors.Is(err, errors.ErrUnsupported) {
+			// The link cannot carry them: nothing to do until they change.
+			log.Debug("the device's link takes no config or environment", "err", err)
+			g.st.set(ctx, d.UUID, "configured", h)
+		} else if err != nil {
 			log.Warn("cannot configure the device", "err", err)
 		} else if err := g.agent.update(ctx, d.UUID, map[string]any{"environment": nonNil(d.TargetEnvironment), "config": nonNil(d.TargetConfig)}); err != nil {
 			log.Warn("cannot report the device's config", "err", err)

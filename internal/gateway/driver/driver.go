@@ -78,7 +78,9 @@ type LogLine struct {
 
 // Driver drives the devices of one dependent app over one kind of link.
 // Methods are safe for concurrent use, for different devices at once.
-// Errors about one device never concern the others.
+// Errors about one device never concern the others. A link that cannot do
+// something (LwM2M has no log object) returns an error wrapping
+// errors.ErrUnsupported.
 type Driver interface {
 	// Name is the driver's name: "sim", "lwm2m", "mqtt".
 	Name() string
