@@ -162,8 +162,12 @@ func (s *Shipper) run(ctx context.Context) {
 						// The server is ahead of the queue: another
 						// queue's stream. Ship from the queue's own.
 						s.log.Warn("the server holds more of this log stream than the queue ever had", "server_seq", sent, "err", aerr)
+						sent = acked
 					}
 				}
+				// The server answers again: it may already hold every
+				// line (it stored them, and its answer was lost).
+				failures, loggedErr = s.recovered(failures, sent), ""
 				continue
 			}
 		} else {
@@ -187,13 +191,7 @@ func (s *Shipper) run(ctx context.Context) {
 				err = s.cfg.Source.Ack(sent)
 			}
 			if err == nil {
-				if failures > 0 {
-					s.log.Info("shipping logs again", "after_failures", failures)
-				}
-				failures, loggedErr = 0, ""
-				s.mu.Lock()
-				s.status = ShipperStatus{Shipped: sent}
-				s.mu.Unlock()
+				failures, loggedErr = s.recovered(failures, sent), ""
 				continue
 			}
 		}
@@ -252,6 +250,18 @@ func (s *Shipper) request(ctx context.Context, acked uint64) (uint64, error) {
 	case <-ctx.Done():
 		return acked, ctx.Err()
 	}
+}
+
+// recovered records a request the server answered: the status loses its
+// error and says what the server holds. It returns the new failure count.
+func (s *Shipper) recovered(failures int, sent uint64) int {
+	if failures > 0 {
+		s.log.Info("shipping logs again", "after_failures", failures)
+	}
+	s.mu.Lock()
+	s.status = ShipperStatus{Shipped: sent}
+	s.mu.Unlock()
+	return 0
 }
 
 // refused reports whether the server refused a request for what it
