@@ -128,8 +128,10 @@ func devCmd() *cobra.Command {
 		Long: `Run a fleet server and a device agent on this machine on embedded
 defaults: a fleet "hello" that the agent joins like any device, an example
 app pushed to it (served from a registry inside this process: no internet
-needed), and the CLI logged in to the server. Everything is kept under
---data; the next start resumes.`,
+needed), ` + "`reeve gateway`" + ` driving --boards simulated microcontrollers of a
+dependent fleet "hello-boards" with a firmware release, and the CLI logged in
+to the server. Everything is kept under --data; the next start resumes (the
+simulated boards start blank each time and are updated again).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(level)
@@ -150,6 +152,8 @@ needed), and the CLI logged in to the server. Everything is kept under
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:48484", "address of the agent's local API")
 	f.StringVar(&cfg.ServerListen, "server-listen", "127.0.0.1:48400", "address of the fleet server")
 	f.StringVar(&cfg.RegistryListen, "registry", "127.0.0.1:48485", "address of the registry serving the example image")
+	f.StringVar(&cfg.GatewayListen, "gateway-listen", "127.0.0.1:1337", "address of reeve gateway's API (it drives the simulated boards)")
+	f.IntVar(&cfg.Boards, "boards", 5, "simulated microcontrollers behind the device")
 	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or unix:///var/run/docker.sock)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	return cmd

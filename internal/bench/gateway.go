@@ -1,8 +1,6 @@
 package bench
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,12 +17,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/dependent"
@@ -152,7 +144,7 @@ func (b *gwBench) run(ctx context.Context) (GatewayResult, error) {
 	for i := range firmware {
 		firmware[i] = byte(i * 31)
 	}
-	image, err := pushFirmware(ctx, b.regHost, firmware)
+	image, err := selfimage.PushFiles(ctx, b.regHost, "bench/firmware", map[string][]byte{"/assets/firmware.bin": firmware})
 	if err != nil {
 		return res, err
 	}
@@ -328,47 +320,6 @@ func bareUpdate(ctx context.Context, o GatewayOptions, firmware []byte) (time.Du
 		}
 	}
 	return took, nil
-}
-
-// pushFirmware pushes an image holding firmware as /assets/firmware.bin.
-func pushFirmware(ctx context.Context, host string, firmware []byte) (string, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	epoch := time.Unix(0, 0)
-	tw.WriteHeader(&tar.Header{Name: "assets/", Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir})
-	tw.WriteHeader(&tar.Header{Name: "assets/firmware.bin", Mode: 0o644, Size: int64(len(firmware)), ModTime: epoch, Typeflag: tar.TypeReg})
-	tw.Write(firmware)
-	if err := tw.Close(); err != nil {
-		return "", err
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		return "", err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return "", err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return "", err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	if runtime.GOARCH == "arm" {
-		cf.Variant = "v7"
-	}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return "", err
-	}
-	ref, err := name.ParseReference(host+"/bench/firmware:"+randomHex(4), name.Insecure)
-	if err != nil {
-		return "", err
-	}
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
-		return "", fmt.Errorf("push the firmware image: %w", err)
-	}
-	return ref.String(), nil
 }
 
 // localDevices reads the agent's dependent devices.

@@ -23,6 +23,7 @@ import (
 
 	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/engine"
+	"reeve.dev/reeve/internal/runtime"
 )
 
 // ProvisionRequest is what the fleet server needs to provision a
@@ -346,7 +347,12 @@ func (m *Manager) Assets(ctx context.Context, appID int64, commit string) (*os.F
 	if image == "" {
 		return nil, reeve.Errorf(reeve.CodeNotFound, "dependent app %d has no release %q on this device (its release is %q)", appID, commit, app.Commit)
 	}
-	return m.assets.Open(ctx, appID, commit, image)
+	f, err := m.assets.Open(ctx, appID, commit, image)
+	if errors.Is(err, runtime.ErrImageNotPresent) {
+		// The target is stored as soon as it arrives; its image follows.
+		return nil, reeve.Errorf(reeve.CodeUnavailable, "the firmware of release %s is still being downloaded to this device: try again shortly", commit)
+	}
+	return f, err
 }
 
 // targetCommits returns the commits an app's stored target holds: its

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"reeve.dev/reeve"
+	"reeve.dev/reeve/internal/runtime"
 )
 
 const (
@@ -504,5 +505,23 @@ func TestRestartKeepsDevicesAndWhatWasAcknowledged(t *testing.T) {
 	got := g.round(t)
 	if len(got) != 1 || got[0].UUID != devB {
 		t.Fatalf("hooks after a restart %+v, want only %s's again", got, devB)
+	}
+}
+
+func TestAssetsWhileTheImageDownloadsAreUnavailable(t *testing.T) {
+	m, err := Open(t.Context(), Config{Dir: t.TempDir(), Log: func(reeve.LogLine) {},
+		Export: func(context.Context, string, io.Writer) error {
+			return fmt.Errorf("export: %w (%w)", runtime.ErrImageNotPresent, runtime.ErrNotFound)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.UpdateTargets(t.Context(), target("v1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Assets(t.Context(), 9, "v1")
+	if reeve.ErrorCode(err) != reeve.CodeUnavailable {
+		t.Fatalf("assets of an image not downloaded yet: %v, want unavailable (try again)", err)
 	}
 }

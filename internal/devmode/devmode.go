@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,9 @@ import (
 	"reeve.dev/reeve/internal/clicfg"
 	"reeve.dev/reeve/internal/example"
 	"reeve.dev/reeve/internal/fleetlink"
+	"reeve.dev/reeve/internal/gateway"
+	"reeve.dev/reeve/internal/gateway/driver"
+	"reeve.dev/reeve/internal/gateway/driver/sim"
 	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/selfimage"
 	"reeve.dev/reeve/internal/server"
@@ -38,7 +42,11 @@ type Config struct {
 	Listen         string // agent API; default 127.0.0.1:48484
 	ServerListen   string // fleet server; default 127.0.0.1:48400
 	RegistryListen string // example registry; default 127.0.0.1:48485
-	DockerHost     string
+	GatewayListen  string // reeve gateway's API and hooks; default 127.0.0.1:1337
+	// Boards is how many simulated microcontrollers the gateway drives;
+	// default 5.
+	Boards     int
+	DockerHost string
 	// Binary is the static reeve binary packed into the example's image;
 	// default: the running one.
 	Binary string
@@ -49,14 +57,20 @@ type Config struct {
 	Out       io.Writer // where the next steps are printed
 }
 
-// The fleet `reeve dev` makes and its device joins.
-const fleetName = "hello"
+// The fleet `reeve dev` makes and its device joins, and the dependent
+// fleet of the simulated boards its gateway carries.
+const (
+	fleetName   = "hello"
+	boardsFleet = "hello-boards"
+)
 
 // Main runs `reeve dev`.
 type Main struct {
 	cfg      Config
 	server   *serverd.Main
 	agent    *agentd.Main
+	gateway  *gateway.Gateway
+	stopGW   context.CancelFunc
 	reg      *http.Server
 	regLn    net.Listener
 	loggedIn string // where the CLI login was written; "" when not
@@ -75,6 +89,12 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 	}
 	if cfg.RegistryListen == "" {
 		cfg.RegistryListen = "127.0.0.1:48485"
+	}
+	if cfg.GatewayListen == "" {
+		cfg.GatewayListen = "127.0.0.1:1337"
+	}
+	if cfg.Boards <= 0 {
+		cfg.Boards = 5
 	}
 	if cfg.DataDir == "" {
 		home, err := os.UserHomeDir()
@@ -108,6 +128,24 @@ func New(ctx context.Context, cfg Config) (*Main, error) {
 		m.regLn.Close()
 		srv.Close()
 		return nil, err
+	}
+	boards := strconv.Itoa(cfg.Boards)
+	m.gateway, err = gateway.New(ctx, gateway.Config{AgentAddress: "http://" + m.agent.Addr(), AgentKey: m.agent.Agent().APIKey(),
+		DataDir: filepath.Join(cfg.DataDir, "gateway"), Listen: cfg.GatewayListen, LoopDelay: 2 * time.Second,
+		LockFile: filepath.Join(cfg.DataDir, "gateway", "updates.lock"),
+		Drivers:  map[string]driver.Factory{"sim": sim.New}, Driver: "sim",
+		Settings: map[string]map[string]string{"sim": {"devices": boards, "prefix": "board-", "chunk_delay": "20ms"}},
+		Logger:   cfg.Logger.With("role", "gateway")})
+	if err != nil {
+		m.agent.Close()
+		m.regLn.Close()
+		srv.Close()
+		return nil, fmt.Errorf("%w (pick another address with --gateway-listen)", err)
+	}
+	// The agent's hooks go to this gateway.
+	if _, err := srv.Server().SetVar(ctx, reeve.VarConfig, server.VarScope{Device: m.agent.Agent().UUID()},
+		"REEVE_DEPENDENT_DEVICES_HOOK_ADDRESS", "http://"+m.gateway.Addr()); err != nil && reeve.ErrorCode(err) != reeve.CodeNotFound {
+		cfg.Logger.Warn("cannot point the agent's hooks at the gateway: it hears of new releases at its next round", "err", err)
 	}
 	return m, nil
 }
@@ -147,6 +185,9 @@ func (m *Main) provision(ctx context.Context, confPath string) error {
 	if _, err := s.CreateFleet(ctx, server.CreateFleetRequest{Name: fleetName, DeviceType: reeve.DeviceTypeAny}); err != nil && reeve.ErrorCode(err) != reeve.CodeConflict {
 		return fmt.Errorf("create the %s fleet: %w", fleetName, err)
 	}
+	if _, err := s.CreateFleet(ctx, server.CreateFleetRequest{Name: boardsFleet, DeviceType: reeve.DeviceTypeAny, Parent: fleetName}); err != nil && reeve.ErrorCode(err) != reeve.CodeConflict {
+		return fmt.Errorf("create the %s fleet: %w", boardsFleet, err)
+	}
 	key, _, err := s.CreateProvisioningKey(ctx, fleetName, "reeve dev", time.Time{})
 	if err != nil {
 		return fmt.Errorf("make a provisioning key: %w", err)
@@ -175,13 +216,51 @@ func (m *Main) Run(ctx context.Context) error {
 		srvErr <- m.server.Run(ctx)
 	}()
 	file, err := m.pushExample(ctx)
+	if err == nil {
+		err = m.pushFirmware(ctx)
+	}
 	if err != nil {
 		return errors.Join(err, m.Close())
 	}
 	m.login()
 	m.printNext(file)
+	gctx, stop := context.WithCancel(ctx)
+	m.stopGW = stop
+	gwErr := make(chan error, 1)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		gwErr <- m.gateway.Run(gctx)
+	}()
 	err = m.agent.Run(ctx)
-	return errors.Join(err, m.Close())
+	stop()
+	return errors.Join(err, <-gwErr, m.Close())
+}
+
+// pushFirmware gives the boards' fleet its first release on a first run:
+// an image whose /assets holds a small firmware file.
+func (m *Main) pushFirmware(ctx context.Context) error {
+	s := m.server.Server()
+	f, err := s.Fleet(ctx, boardsFleet)
+	if reeve.ErrorCode(err) == reeve.CodeNotFound {
+		return nil // made by an older reeve dev: no boards
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.Store().LatestRelease(ctx, f.ID); reeve.ErrorCode(err) != reeve.CodeNotFound {
+		return err // the boards have a release already (nil), or the store failed
+	}
+	image, err := selfimage.PushFiles(ctx, m.regLn.Addr().String(), "reeve/board-firmware", map[string][]byte{
+		"/assets/firmware.bin": []byte("reeve dev example firmware 1\n"),
+	})
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.Push(ctx, boardsFleet, []byte("services:\n  firmware:\n    image: "+image+"\n")); err != nil {
+		return fmt.Errorf("push the boards' firmware: %w", err)
+	}
+	return nil
 }
 
 // pushExample writes the example compose file and pushes it to the fleet
@@ -291,11 +370,14 @@ installed from the fleet. From another terminal:
                                         after editing it: only what changed is updated
   reeve env set GREETING=hi --fleet %s --service web
                                         a fleet variable: the web service gets it
+  reeve devices --fleet %s          %d simulated boards behind this device, updated
+                                        by reeve gateway (http://%s/v1/devices)
 
 Ctrl-C stops the server and the agent; containers keep running and the next
 start resumes.
 
-`, m.server.URL(), m.agent.Agent().UUID(), fleetName, addr, m.cfg.DataDir, login, shortUUID(m.agent.Agent().UUID()), dev, fleetName, file, fleetName)
+`, m.server.URL(), m.agent.Agent().UUID(), fleetName, addr, m.cfg.DataDir, login, shortUUID(m.agent.Agent().UUID()), dev, fleetName, file, fleetName,
+		boardsFleet, m.cfg.Boards, m.gateway.Addr())
 }
 
 // shortUUID is the prefix of a UUID the CLI takes for it.
@@ -305,7 +387,12 @@ func shortUUID(uuid string) string { return uuid[:min(7, len(uuid))] }
 func (m *Main) Close() error {
 	var err error
 	m.closeOne.Do(func() {
-		err = errors.Join(m.agent.Close(), m.server.Close())
+		if m.stopGW != nil {
+			m.stopGW() // Run waits for the gateway
+		} else {
+			err = m.gateway.Close()
+		}
+		err = errors.Join(err, m.agent.Close(), m.server.Close())
 		m.wg.Wait()
 		if m.reg != nil {
 			// Closed, not shut down gracefully: the engine may hold a

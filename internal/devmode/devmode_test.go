@@ -62,7 +62,7 @@ func TestDevInstallsTheExample(t *testing.T) {
 	run := func() (*devmode.Main, context.CancelFunc, chan error, *syncBuffer) {
 		out := &syncBuffer{}
 		m, err := devmode.New(context.Background(), devmode.Config{DataDir: data, Listen: "127.0.0.1:0", ServerListen: "127.0.0.1:0",
-			RegistryListen: "127.0.0.1:0", Binary: bin, Namespace: ns, Logger: log, Out: out})
+			RegistryListen: "127.0.0.1:0", GatewayListen: "127.0.0.1:0", Boards: 3, Binary: bin, Namespace: ns, Logger: log, Out: out})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,6 +119,28 @@ func TestDevInstallsTheExample(t *testing.T) {
 	}
 	if dev.UUID != c2uuid(t, c) {
 		t.Fatalf("the fleet's device %s is not the agent %s", dev.UUID, c2uuid(t, c))
+	}
+	// The gateway provisions the simulated boards and installs their
+	// firmware release.
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		boards, err := op.Devices(context.Background(), "hello-boards")
+		updated := 0
+		for _, b := range boards {
+			if b.Gateway == dev.UUID && b.State.Commit != nil && *b.State.Commit == b.TargetCommit && b.TargetCommit != "" {
+				updated++
+			}
+		}
+		if err == nil && len(boards) == 3 && updated == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the simulated boards are not all updated: %d of %d (%v)", updated, len(boards), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "reeve devices --fleet hello-boards") {
+		t.Errorf("the boards are not in the next steps:\n%s", out.String())
 	}
 	// The web page answers on the port the example publishes, and shows the
 	// worker's count from the shared volume.

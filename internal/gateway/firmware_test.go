@@ -3,6 +3,8 @@ package gateway
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,5 +61,27 @@ func TestExtractKeepsInsideAndPickFile(t *testing.T) {
 	}
 	if err := extract(strings.NewReader("not a tar at all, clearly"), t.TempDir()); err == nil {
 		t.Error("garbage was taken as a tar")
+	}
+}
+
+func TestFailedStatusAndTransientErrors(t *testing.T) {
+	long := strings.Repeat("é", 300)
+	if s := failedStatus(long); len(s) > 256 || !strings.HasPrefix(s, "Update failed (") || !strings.HasSuffix(s, "…)") {
+		t.Errorf("failedStatus of a long reason: %d bytes, %q", len(s), s)
+	}
+	if s := failedStatus("brown-out"); s != "Update failed (brown-out)" {
+		t.Errorf("failedStatus = %q", s)
+	}
+	for err, want := range map[error]bool{
+		&agentError{Status: 503}:        true,
+		&agentError{Status: 404}:        false,
+		&agentError{Status: 500}:        false,
+		&errBadFirmware{"no file"}:      false,
+		errors.New("dial tcp: refused"): true,
+		context.DeadlineExceeded:        false,
+	} {
+		if got := transient(err); got != want {
+			t.Errorf("transient(%v) = %v, want %v", err, got, want)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/gateway/driver"
@@ -92,6 +93,7 @@ type Gateway struct {
 	drivers  map[int64]*appDriver          // by app ID, open while running
 	updating map[string]context.CancelFunc // device UUID → install in progress
 	found    map[string]driver.Device      // device UUID → last scan
+	warned   map[string]string             // what warn last said, by key
 	sem      chan struct{}
 	wg       sync.WaitGroup
 }
@@ -155,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, log: cfg.Logger, st: st, ln: ln, wake: make(chan struct{}, 1),
 		agent: newAgentClient(cfg.AgentAddress, cfg.AgentKey), target: Running, current: Running,
 		drivers: map[int64]*appDriver{}, updating: map[string]context.CancelFunc{},
-		found: map[string]driver.Device{}, sem: make(chan struct{}, cfg.Parallel)}
+		found: map[string]driver.Device{}, warned: map[string]string{}, sem: make(chan struct{}, cfg.Parallel)}
 	if v, err := st.get(ctx, "target_status"); err == nil && v == Paused {
 		g.target = Paused
 	}
@@ -203,6 +205,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// Close releases what New took, for a gateway whose Run never ran (Run
+// releases it itself).
+func (g *Gateway) Close() error {
+	return errors.Join(g.ln.Close(), g.st.close())
 }
 
 func (g *Gateway) shutdown() {
@@ -274,12 +282,12 @@ func (g *Gateway) round(ctx context.Context) {
 	}
 	apps, err := g.agent.apps(ctx)
 	if err != nil {
-		g.log.Warn("cannot list the dependent apps", "err", err)
+		g.warn("apps", "cannot list the dependent apps", "err", err)
 		return
 	}
 	devs, err := g.agent.devices(ctx)
 	if err != nil {
-		g.log.Warn("cannot list the dependent devices", "err", err)
+		g.warn("devices", "cannot list the dependent devices", "err", err)
 		return
 	}
 	seen := map[int64]bool{}
@@ -287,7 +295,7 @@ func (g *Gateway) round(ctx context.Context) {
 		seen[app.ID] = true
 		ad, err := g.driverFor(ctx, app)
 		if err != nil {
-			g.log.Warn("no driver for a dependent app", "app", app.Name, "err", err)
+			g.warn("driver/"+app.UUID, "no driver for a dependent app", "app", app.Name, "err", err)
 			continue
 		}
 		var mine []dependent.Device
@@ -366,7 +374,7 @@ func (g *Gateway) driverFor(ctx context.Context, app dependent.App) (*appDriver,
 func (g *Gateway) roundApp(ctx context.Context, app dependent.App, ad *appDriver, devs []dependent.Device) {
 	found, err := ad.drv.Scan(ctx)
 	if err != nil {
-		g.log.Warn("scan failed", "app", app.Name, "driver", ad.name, "err", err)
+		g.warn("scan/"+app.UUID, "scan failed", "app", app.Name, "driver", ad.name, "err", err)
 		return
 	}
 	byLocal := map[string]dependent.Device{}
@@ -394,7 +402,7 @@ func (g *Gateway) roundApp(ctx context.Context, app dependent.App, ad *appDriver
 		}
 		d, err := g.agent.provision(ctx, app.ID, dtype, f.LocalID)
 		if err != nil {
-			g.log.Warn("cannot provision a device", "app", app.Name, "local_id", f.LocalID, "err", err)
+			g.warn("provision/"+f.LocalID, "cannot provision a device", "app", app.Name, "local_id", f.LocalID, "err", err)
 			continue
 		}
 		g.log.Info("device provisioned", "app", app.Name, "local_id", f.LocalID, "uuid", d.UUID)
@@ -481,7 +489,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	}
 	if len(fields) > 0 {
 		if err := g.agent.update(ctx, d.UUID, fields); err != nil {
-			log.Warn("cannot report the device's state", "err", err)
+			g.warn("report/"+d.UUID, "cannot report the device's state", "device", d.UUID, "local_id", d.LocalID, "err", err)
 		}
 		if online != rec.IsOnline {
 			g.st.set(ctx, d.UUID, "is_online", online)
@@ -493,7 +501,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	g.shipLogs(ctx, ad, d, log)
 	if rec.RestartRequested && !installing && !g.locked() {
 		if err := ad.drv.Restart(ctx, d.LocalID); err != nil {
-			log.Warn("restart failed", "err", err)
+			g.warn("restart/"+d.UUID, "restart failed", "device", d.UUID, "local_id", d.LocalID, "err", err)
 		} else {
 			log.Info("device restarted")
 			g.st.set(ctx, d.UUID, "restart_requested", false)
@@ -507,7 +515,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 			log.Debug("the device's link takes no config or environment", "err", err)
 			g.st.set(ctx, d.UUID, "configured", h)
 		} else if err != nil {
-			log.Warn("cannot configure the device", "err", err)
+			g.warn("configure/"+d.UUID, "cannot configure the device", "device", d.UUID, "local_id", d.LocalID, "err", err)
 		} else if err := g.agent.update(ctx, d.UUID, map[string]any{"environment": nonNil(d.TargetEnvironment), "config": nonNil(d.TargetConfig)}); err != nil {
 			log.Warn("cannot report the device's config", "err", err)
 		} else {
@@ -533,7 +541,7 @@ func (g *Gateway) idleStatus(rec record, d dependent.Device, online bool, f driv
 	case !online:
 		return "Offline"
 	case rec.FailedCommit != "" && rec.FailedCommit == d.TargetCommit && f.Commit != d.TargetCommit && rec.Attempts >= g.cfg.UpdateRetries:
-		return "Update failed (" + rec.LastError + ")"
+		return failedStatus(rec.LastError)
 	default:
 		return "Idle"
 	}
@@ -549,7 +557,7 @@ func (g *Gateway) shipLogs(ctx context.Context, ad *appDriver, d dependent.Devic
 		out[i] = agentLogLine{Message: l.Message, Timestamp: l.Time.UnixMilli(), IsSystem: l.System}
 	}
 	if err := g.agent.logs(ctx, d.UUID, out); err != nil {
-		log.Warn("cannot pass on the device's log lines", "lines", len(out), "err", err)
+		g.warn("logs/"+d.UUID, "cannot pass on the device's log lines", "device", d.UUID, "lines", len(out), "err", err)
 	}
 }
 
@@ -606,6 +614,13 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 		report(map[string]any{"status": "Downloading"})
 	}
 	fw, err := g.fw.get(ctx, app.ID, commit, app.Config[FirmwareFileVar])
+	if transient(err) {
+		// The agent is still downloading the release, or cannot be
+		// reached: no attempt is spent; the next round tries again.
+		log.Info("firmware not available yet; trying again at the next round", "commit", commit, "err", err)
+		report(map[string]any{"status": "Downloading"})
+		return
+	}
 	if err == nil {
 		report(map[string]any{"status": "Installing (0 %)"})
 		last, lastAt := 0, time.Now()
@@ -658,15 +673,62 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 	g.st.set(wctx, d.UUID, "last_error", reason)
 	log.Warn("firmware install failed", "commit", commit, "attempt", attempts, "of", g.cfg.UpdateRetries, "reason", reason)
 	if attempts >= g.cfg.UpdateRetries {
-		report(map[string]any{"status": "Update failed (" + reason + ")"})
+		report(map[string]any{"status": failedStatus(reason)})
 	} else {
-		report(map[string]any{"status": fmt.Sprintf("Update failed (%s); trying again", reason)})
+		report(map[string]any{"status": failedStatus(reason) + "; trying again"})
 	}
+}
+
+// failedStatus is the status of a failed install, cut to what the agent
+// takes (256 bytes).
+func failedStatus(reason string) string {
+	const maxReason = 200
+	if len(reason) > maxReason {
+		cut := maxReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "…"
+	}
+	return "Update failed (" + reason + ")"
+}
+
+// transient reports whether getting a release's firmware failed for a
+// while only: the agent still downloads it (503) or does not answer.
+func transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ae *agentError
+	if errors.As(err, &ae) {
+		return ae.Status == http.StatusServiceUnavailable || ae.Status >= 500 && ae.Status != http.StatusInternalServerError
+	}
+	var bad *errBadFirmware
+	return !errors.As(err, &bad) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // progressEvery is the least time between two progress reports of one
 // install.
 const progressEvery = time.Second
+
+// warn logs a problem that a round may meet again and again: at warn
+// level when it is new for key (a device, an app), at debug level while it
+// repeats; err is the last of args.
+func (g *Gateway) warn(key, msg string, args ...any) {
+	text := msg
+	if len(args) > 0 {
+		text += fmt.Sprint(args[len(args)-1])
+	}
+	g.mu.Lock()
+	repeat := g.warned[key] == text
+	g.warned[key] = text
+	g.mu.Unlock()
+	if repeat {
+		g.log.Debug(msg, args...)
+		return
+	}
+	g.log.Warn(msg, args...)
+}
 
 // forgottenKey marks a device removed from the fleet that is still on its
 // link.

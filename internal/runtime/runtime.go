@@ -42,6 +42,10 @@ type Auth struct {
 // ErrNotFound is returned (wrapped) when the object acted on does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrImageNotPresent is returned (wrapped, with ErrNotFound) by ExportDir
+// for an image that is not on the device: it may still be downloading.
+var ErrImageNotPresent = errors.New("image not on the device")
+
 // ErrUnavailable is returned (wrapped) when the runtime cannot be reached.
 var ErrUnavailable = errors.New("runtime unavailable")
 

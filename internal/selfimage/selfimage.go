@@ -15,7 +15,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	goruntime "runtime"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -105,6 +108,86 @@ func Push(ctx context.Context, host, repo, binPath string, cmd []string) (string
 	cf.Config.Env = []string{"PATH=/"}
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {
+		return "", fmt.Errorf("pack the image: %w", err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return "", err
+	}
+	ref, err := name.ParseReference(fmt.Sprintf("%s/%s:%s", host, repo, digest.Hex[:12]), name.Insecure)
+	if err != nil {
+		return "", err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return "", fmt.Errorf("push the image to %s: %w", host, err)
+	}
+	return ref.String(), nil
+}
+
+// PushFiles pushes an image that holds only files (path in the image →
+// content, mode 0644, parent directories made), such as a dependent app's
+// firmware under /assets, to the registry at host as
+// <repo>:<first 12 hex digits of its digest>, and returns the reference.
+func PushFiles(ctx context.Context, host, repo string, files map[string][]byte) (string, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	epoch := time.Unix(0, 0)
+	clean := make(map[string][]byte, len(files))
+	names := make([]string, 0, len(files))
+	for name, body := range files {
+		name = strings.TrimPrefix(path.Clean("/"+name), "/")
+		clean[name] = body
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	dirs := map[string]bool{}
+	for _, name := range names {
+		for d := path.Dir(name); d != "." && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	dirList := make([]string, 0, len(dirs))
+	for d := range dirs {
+		dirList = append(dirList, d)
+	}
+	sort.Strings(dirList) // parents before their children
+	for _, d := range dirList {
+		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir}); err != nil {
+			return "", err
+		}
+	}
+	for _, name := range names {
+		body := clean[name]
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
+			return "", err
+		}
+		if _, err := tw.Write(body); err != nil {
+			return "", err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return "", err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
+	}, tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching)
+	if err != nil {
+		return "", fmt.Errorf("pack the image: %w", err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return "", fmt.Errorf("pack the image: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return "", err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", goruntime.GOARCH
+	if goruntime.GOARCH == "arm" {
+		cf.Variant = "v7"
+	}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return "", fmt.Errorf("pack the image: %w", err)
 	}
 	digest, err := img.Digest()

@@ -45,6 +45,9 @@ func (r *Runtime) ExportDir(ctx context.Context, image, dir string, w io.Writer)
 	// Checked first, so that "not found" is about the image and not some
 	// other part of the create.
 	img, err := r.c.ImageInspect(ctx, ref)
+	if isNotFound(err) {
+		return fmt.Errorf("%s: %w (%w)", what, runtime.ErrImageNotPresent, runtime.ErrNotFound)
+	}
 	if err != nil {
 		return r.wrap(err, "%s", what)
 	}
