@@ -96,6 +96,11 @@ func (s *store) recordByLocal(ctx context.Context, appID int64, localID string) 
 // ensure records a device the gateway learnt of (provisioned, or listed
 // by the agent).
 func (s *store) ensure(ctx context.Context, uuid string, appID int64, localID string) error {
+	// The agent lists this device for that local ID: a record of another
+	// UUID for it is of a device removed while the gateway missed the hook.
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM devices WHERE app_id = ? AND local_id = ? AND uuid <> ?`, appID, localID, uuid); err != nil {
+		return fmt.Errorf("record device %s: %w", uuid, err)
+	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (`+recordCols+`) VALUES (?, ?, ?, 0, '', '', 0, '', 0)
 		ON CONFLICT (uuid) DO UPDATE SET app_id = excluded.app_id, local_id = excluded.local_id`, uuid, appID, localID)
 	if err != nil {
