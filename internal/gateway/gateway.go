@@ -481,7 +481,9 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	if online && f.Commit != "" && f.Commit != d.Commit {
 		fields["commit"] = f.Commit
 	}
-	if !installing {
+	failedForGood := rec.FailedCommit == d.TargetCommit && rec.Attempts >= g.cfg.UpdateRetries
+	update := !installing && online && d.TargetCommit != "" && f.Commit != d.TargetCommit && !failedForGood && !g.locked()
+	if !installing && !update { // an install reports its own status
 		status := g.idleStatus(rec, d, online, f)
 		if status != d.Status {
 			fields["status"] = status
@@ -522,17 +524,11 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 			g.st.set(ctx, d.UUID, "configured", h)
 		}
 	}
-	// Firmware.
-	if installing || d.TargetCommit == "" || f.Commit == d.TargetCommit {
-		return
+	// Firmware: not while the update lock is held, nor once the target
+	// failed for good (it waits for another target).
+	if update {
+		g.startUpdate(ctx, app, ad, d, log)
 	}
-	if rec.FailedCommit == d.TargetCommit && rec.Attempts >= g.cfg.UpdateRetries {
-		return // failed for good: waits for another target
-	}
-	if g.locked() {
-		return
-	}
-	g.startUpdate(ctx, app, ad, d, log)
 }
 
 // idleStatus is a device's status when no install is under way.
