@@ -23,6 +23,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -84,44 +85,11 @@ func Push(ctx context.Context, host, repo, binPath string, cmd []string) (string
 	if err := tw.Close(); err != nil {
 		return "", err
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching)
-	if err != nil {
-		return "", fmt.Errorf("pack the image: %w", err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return "", fmt.Errorf("pack the image: %w", err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return "", err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", goruntime.GOARCH
-	if goruntime.GOARCH == "arm" {
-		cf.Variant = "v7"
-	}
-	cf.Config.Entrypoint = []string{"/reeve"}
-	cf.Config.Cmd = cmd
-	cf.Config.Env = []string{"PATH=/"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		return "", fmt.Errorf("pack the image: %w", err)
-	}
-	digest, err := img.Digest()
-	if err != nil {
-		return "", err
-	}
-	ref, err := name.ParseReference(fmt.Sprintf("%s/%s:%s", host, repo, digest.Hex[:12]), name.Insecure)
-	if err != nil {
-		return "", err
-	}
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
-		return "", fmt.Errorf("push the image to %s: %w", host, err)
-	}
-	return ref.String(), nil
+	return pushLayer(ctx, host, repo, buf.Bytes(), func(c *v1.Config) {
+		c.Entrypoint = []string{"/reeve"}
+		c.Cmd = cmd
+		c.Env = []string{"PATH=/"}
+	})
 }
 
 // PushFiles pushes an image that holds only files (path in the image →
@@ -168,8 +136,16 @@ func PushFiles(ctx context.Context, host, repo string, files map[string][]byte) 
 	if err := tw.Close(); err != nil {
 		return "", err
 	}
+	return pushLayer(ctx, host, repo, buf.Bytes(), nil)
+}
+
+// pushLayer pushes an image of one layer (an uncompressed tar) for this
+// machine's platform to the registry at host as <repo>:<first 12 hex
+// digits of its digest>, with configure's changes to its config, and
+// returns the reference.
+func pushLayer(ctx context.Context, host, repo string, tarBytes []byte, configure func(*v1.Config)) (string, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
+		return io.NopCloser(bytes.NewReader(tarBytes)), nil
 	}, tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching)
 	if err != nil {
 		return "", fmt.Errorf("pack the image: %w", err)
@@ -186,6 +162,9 @@ func PushFiles(ctx context.Context, host, repo string, files map[string][]byte) 
 	cf.OS, cf.Architecture = "linux", goruntime.GOARCH
 	if goruntime.GOARCH == "arm" {
 		cf.Variant = "v7"
+	}
+	if configure != nil {
+		configure(&cf.Config)
 	}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return "", fmt.Errorf("pack the image: %w", err)
