@@ -282,14 +282,15 @@ func (g *Gateway) round(ctx context.Context) {
 	}
 	apps, err := g.agent.apps(ctx)
 	if err != nil {
-		g.warn("apps", "cannot list the dependent apps", "err", err)
+		g.warn("agent", "cannot list the dependent apps", "err", err)
 		return
 	}
 	devs, err := g.agent.devices(ctx)
 	if err != nil {
-		g.warn("devices", "cannot list the dependent devices", "err", err)
+		g.warn("agent", "cannot list the dependent devices", "err", err)
 		return
 	}
+	g.fine("agent")
 	seen := map[int64]bool{}
 	for _, app := range apps {
 		seen[app.ID] = true
@@ -492,6 +493,8 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	if len(fields) > 0 {
 		if err := g.agent.update(ctx, d.UUID, fields); err != nil {
 			g.warn("report/"+d.UUID, "cannot report the device's state", "device", d.UUID, "local_id", d.LocalID, "err", err)
+		} else {
+			g.fine("report/" + d.UUID)
 		}
 		if online != rec.IsOnline {
 			g.st.set(ctx, d.UUID, "is_online", online)
@@ -500,12 +503,13 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 	if !online {
 		return
 	}
-	g.shipLogs(ctx, ad, d, log)
+	g.shipLogs(ctx, ad, d)
 	if rec.RestartRequested && !installing && !g.locked() {
 		if err := ad.drv.Restart(ctx, d.LocalID); err != nil {
 			g.warn("restart/"+d.UUID, "restart failed", "device", d.UUID, "local_id", d.LocalID, "err", err)
 		} else {
 			log.Info("device restarted")
+			g.fine("restart/" + d.UUID)
 			g.st.set(ctx, d.UUID, "restart_requested", false)
 		}
 	}
@@ -521,6 +525,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 		} else if err := g.agent.update(ctx, d.UUID, map[string]any{"environment": nonNil(d.TargetEnvironment), "config": nonNil(d.TargetConfig)}); err != nil {
 			log.Warn("cannot report the device's config", "err", err)
 		} else {
+			g.fine("configure/" + d.UUID)
 			g.st.set(ctx, d.UUID, "configured", h)
 		}
 	}
@@ -543,7 +548,7 @@ func (g *Gateway) idleStatus(rec record, d dependent.Device, online bool, f driv
 	}
 }
 
-func (g *Gateway) shipLogs(ctx context.Context, ad *appDriver, d dependent.Device, log *slog.Logger) {
+func (g *Gateway) shipLogs(ctx context.Context, ad *appDriver, d dependent.Device) {
 	lines, err := ad.drv.Logs(ctx, d.LocalID)
 	if err != nil || len(lines) == 0 {
 		return
@@ -554,6 +559,8 @@ func (g *Gateway) shipLogs(ctx context.Context, ad *appDriver, d dependent.Devic
 	}
 	if err := g.agent.logs(ctx, d.UUID, out); err != nil {
 		g.warn("logs/"+d.UUID, "cannot pass on the device's log lines", "device", d.UUID, "lines", len(out), "err", err)
+	} else {
+		g.fine("logs/" + d.UUID)
 	}
 }
 
@@ -724,6 +731,13 @@ func (g *Gateway) warn(key, msg string, args ...any) {
 		return
 	}
 	g.log.Warn(msg, args...)
+}
+
+// fine says the problem warn last logged for key is over.
+func (g *Gateway) fine(key string) {
+	g.mu.Lock()
+	delete(g.warned, key)
+	g.mu.Unlock()
 }
 
 // forgottenKey marks a device removed from the fleet that is still on its

@@ -327,6 +327,15 @@ func testReopen(t *testing.T, s *suite) {
 	if _, err := s.Driver.Scan(s.ctx); !errors.Is(err, driver.ErrNotOpen) {
 		t.Errorf("scan of a closed driver: %v, want ErrNotOpen", err)
 	}
+	fw := firmware(t, "c9", 1000)
+	for name, err := range map[string]error{
+		"update":  s.Driver.Update(s.ctx, "dev-a", fw, func(int) {}),
+		"restart": s.Driver.Restart(s.ctx, "dev-a"),
+	} {
+		if !errors.Is(err, driver.ErrNotOpen) {
+			t.Errorf("%s on a closed driver: %v, want ErrNotOpen", name, err)
+		}
+	}
 	if err := s.Driver.Open(s.ctx, s.App); err != nil {
 		t.Fatalf("open again: %v", err)
 	}
