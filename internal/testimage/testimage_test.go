@@ -164,7 +164,7 @@ func TestProgram(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true but this host is %s: testprog is a Linux program and CI must run on Linux", runtime.GOOS)
 		}
-		t.Skipf("testprog is a Linux program run on the host here, and this host is %s: run this test on Linux", runtime.GOOS)
+		t.Skipf("skipped until run on Linux (required when CI=true): testprog is a Linux program run on the host here, and this host is %s", runtime.GOOS)
 	}
 	bin := filepath.Join(t.TempDir(), "testprog")
 	if err := os.WriteFile(bin, Program(t), 0o755); err != nil {

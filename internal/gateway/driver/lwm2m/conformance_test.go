@@ -99,7 +99,7 @@ func nodeClient(t *testing.T) (node, script string) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
-		t.Skip(msg)
+		t.Skip("skipped until node and lwm2m-node-lib are installed (required when CI=true): " + msg)
 	}
 	return node, script
 }
