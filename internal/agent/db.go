@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -28,11 +27,7 @@ type db struct {
 }
 
 func openDB(ctx context.Context, dataDir string) (*db, error) {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	s, err := sqlite.Open(ctx, filepath.Join(dataDir, "agent.db"), sub)
+	s, err := sqlite.Open(ctx, filepath.Join(dataDir, "agent.db"), migrationFiles, "migrations")
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -80,11 +79,7 @@ type store struct {
 }
 
 func openStore(ctx context.Context, dir string) (*store, error) {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "dependent.db"), sub)
+	db, err := sqlite.Open(ctx, filepath.Join(dir, "dependent.db"), migrationFiles, "migrations")
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 
 	"reeve.dev/reeve/internal/sqlite"
@@ -32,11 +31,7 @@ type record struct {
 type store struct{ db *sql.DB }
 
 func openStore(ctx context.Context, dir string) (*store, error) {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "gateway.db"), sub)
+	db, err := sqlite.Open(ctx, filepath.Join(dir, "gateway.db"), migrationFiles, "migrations")
 	if err != nil {
 		return nil, err
 	}

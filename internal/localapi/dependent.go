@@ -33,108 +33,89 @@ type Dependents interface {
 // maxDependentLogBytes bounds one POST /v1/devices/{uuid}/logs.
 const maxDependentLogBytes = 1 << 20
 
-// deps returns the dependent-device store, or writes 503.
-func (s *Server) deps(w http.ResponseWriter) (Dependents, bool) {
-	if s.opts.Dependents == nil {
-		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeUnavailable, "this agent carries no dependent devices"))
-		return nil, false
+// depRoute is a dependent-device route: it answers status with out as
+// JSON (out nil: no body), or an error; status 0 with no error says it
+// wrote the answer itself.
+type depRoute func(w http.ResponseWriter, r *http.Request, d Dependents) (status int, out any, err error)
+
+// dep serves a dependent-device route: 503 without a dependent-device
+// store, errors as JSON.
+func (s *Server) dep(fn depRoute) handler {
+	return func(w http.ResponseWriter, r *http.Request, _ caller) {
+		if s.opts.Dependents == nil {
+			httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeUnavailable, "this agent carries no dependent devices"))
+			return
+		}
+		status, out, err := fn(w, r, s.opts.Dependents)
+		switch {
+		case err != nil:
+			httpx.WriteError(w, s.log, err)
+		case status == 0: // answered by fn
+		case out == nil:
+			w.WriteHeader(status)
+		default:
+			httpx.WriteJSON(w, status, out)
+		}
 	}
-	return s.opts.Dependents, true
 }
 
-func (s *Server) dependentApps(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func dependentApps(_ http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	apps, err := d.Apps(r.Context())
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	httpx.WriteJSON(w, http.StatusOK, apps)
+	return http.StatusOK, apps, err
 }
 
-func (s *Server) dependentAssets(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func dependentAssets(w http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	appID, err := positiveInt("appId", r.PathValue("appId"))
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	commit := r.PathValue("commit")
 	f, err := d.Assets(r.Context(), appID, commit)
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	defer f.Close()
-	path := f.Name()
 	st, err := f.Stat()
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
+	name := filepath.Base(f.Name())
 	w.Header().Set("Content-Type", "application/x-tar")
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", filepath.Base(path)))
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name))
 	// The tar of a commit never changes: its name is its ETag, and ranges
 	// let a gateway resume a download over a poor link.
 	w.Header().Set("ETag", fmt.Sprintf(`"%d-%s"`, appID, commit))
-	http.ServeContent(w, r, filepath.Base(path), st.ModTime(), f)
+	http.ServeContent(w, r, name, st.ModTime(), f)
+	return 0, nil, nil
 }
 
-func (s *Server) dependentDevices(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func dependentDevices(_ http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	devs, err := d.Devices(r.Context())
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
 	out := make([]dependent.Device, 0, len(devs))
 	for _, dev := range devs {
 		if !dev.MarkedForDeletion {
 			out = append(out, dev)
 		}
 	}
-	httpx.WriteJSON(w, http.StatusOK, out)
+	return http.StatusOK, out, err
 }
 
-func (s *Server) dependentDevice(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func dependentDevice(_ http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	dev, err := d.Device(r.Context(), r.PathValue("uuid"))
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	httpx.WriteJSON(w, http.StatusOK, dev)
+	return http.StatusOK, dev, err
 }
 
-func (s *Server) provisionDependent(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func provisionDependent(w http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	var body map[string]json.RawMessage
 	if err := decodeBody(w, r, &body); err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	appID, ok, err := jsonID("appId", body["appId"])
 	if err == nil && !ok {
 		err = reeve.Errorf(reeve.CodeInvalid, "appId must be a positive integer: name the dependent app the device joins (GET /v1/dependent-apps lists them)")
 	}
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	req := dependent.ProvisionRequest{AppID: appID}
 	var problems []string
@@ -149,38 +130,35 @@ func (s *Server) provisionDependent(w http.ResponseWriter, r *http.Request, _ ca
 		*dst = v
 	}
 	if len(problems) > 0 {
-		httpx.WriteError(w, s.log, reeve.Errorf(reeve.CodeInvalid, "%s", strings.Join(slices.Sorted(slices.Values(problems)), "; ")))
-		return
+		return 0, nil, reeve.Errorf(reeve.CodeInvalid, "%s", strings.Join(slices.Sorted(slices.Values(problems)), "; "))
 	}
 	dev, err := d.Provision(r.Context(), req)
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	httpx.WriteJSON(w, http.StatusCreated, dev)
+	return http.StatusCreated, dev, err
 }
 
-func (s *Server) updateDependent(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
+func updateDependent(w http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
 	var body map[string]json.RawMessage
 	if err := decodeBody(w, r, &body); err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	p, err := parsePatch(body)
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
 	dev, err := d.Update(r.Context(), r.PathValue("uuid"), p)
+	return http.StatusOK, dev, err
+}
+
+func dependentLogs(w http.ResponseWriter, r *http.Request, d Dependents) (int, any, error) {
+	body, err := httpx.ReadBody(w, r, maxDependentLogBytes)
 	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
+		return 0, nil, err
 	}
-	httpx.WriteJSON(w, http.StatusOK, dev)
+	lines, err := parseDependentLogs(body)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, nil, d.Log(r.Context(), r.PathValue("uuid"), lines)
 }
 
 // parsePatch reads PUT /v1/devices/{uuid}: every field is checked, and
@@ -244,28 +222,6 @@ func parsePatch(body map[string]json.RawMessage) (dependent.Patch, error) {
 		return p, reeve.Errorf(reeve.CodeInvalid, "%s", strings.Join(slices.Sorted(slices.Values(problems)), "; "))
 	}
 	return p, nil
-}
-
-func (s *Server) dependentLogs(w http.ResponseWriter, r *http.Request, _ caller) {
-	d, ok := s.deps(w)
-	if !ok {
-		return
-	}
-	body, err := httpx.ReadBody(w, r, maxDependentLogBytes)
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	lines, err := parseDependentLogs(body)
-	if err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	if err := d.Log(r.Context(), r.PathValue("uuid"), lines); err != nil {
-		httpx.WriteError(w, s.log, err)
-		return
-	}
-	w.WriteHeader(http.StatusAccepted)
 }
 
 // parseDependentLogs reads one line {message, timestamp, isSystem} or an

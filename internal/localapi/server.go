@@ -143,13 +143,13 @@ func New(a Agent, opts Options) *Server {
 		{"GET", "/v2/cleanup-volumes", deviceKey, s.cleanupVolumes},
 
 		// Dependent devices (dependent.go), for the gateway application.
-		{"GET", "/v1/devices", anyKey, s.dependentDevices},
-		{"POST", "/v1/devices", anyKey, s.provisionDependent},
-		{"GET", "/v1/devices/{uuid}", anyKey, s.dependentDevice},
-		{"PUT", "/v1/devices/{uuid}", anyKey, s.updateDependent},
-		{"POST", "/v1/devices/{uuid}/logs", anyKey, s.dependentLogs},
-		{"GET", "/v1/dependent-apps", anyKey, s.dependentApps},
-		{"GET", "/v1/dependent-apps/{appId}/assets/{commit}", anyKey, s.dependentAssets},
+		{"GET", "/v1/devices", anyKey, s.dep(dependentDevices)},
+		{"POST", "/v1/devices", anyKey, s.dep(provisionDependent)},
+		{"GET", "/v1/devices/{uuid}", anyKey, s.dep(dependentDevice)},
+		{"PUT", "/v1/devices/{uuid}", anyKey, s.dep(updateDependent)},
+		{"POST", "/v1/devices/{uuid}/logs", anyKey, s.dep(dependentLogs)},
+		{"GET", "/v1/dependent-apps", anyKey, s.dep(dependentApps)},
+		{"GET", "/v1/dependent-apps/{appId}/assets/{commit}", anyKey, s.dep(dependentAssets)},
 	}
 	// paths answers a request whose path is a route's but whose method is
 	// not: 405 with the methods that are.

@@ -17,8 +17,13 @@ import (
 )
 
 // Open opens (creating if needed) the database at path and applies the
-// migrations in fsys (goose SQL files at its root).
-func Open(ctx context.Context, path string, migrations fs.FS) (*sql.DB, error) {
+// migrations in the directory dir of fsys (goose SQL files; usually an
+// embedded "migrations" directory).
+func Open(ctx context.Context, path string, fsys fs.FS, dir string) (*sql.DB, error) {
+	migrations, err := fs.Sub(fsys, dir)
+	if err != nil {
+		return nil, fmt.Errorf("read migrations: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create database directory: %w", err)
 	}

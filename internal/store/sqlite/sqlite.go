@@ -61,11 +61,7 @@ func open(ctx context.Context, path string, readers int) (*Store, error) {
 // migrations) the database at path: its one writer connection, and a pool
 // of readers read-only connections (r is w itself when readers is 0).
 func openDBs(ctx context.Context, path string, migrations fs.FS, dir string, readers int) (w, r *sql.DB, err error) {
-	sub, err := fs.Sub(migrations, dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read migrations: %w", err)
-	}
-	w, err = rsqlite.Open(ctx, path, sub)
+	w, err = rsqlite.Open(ctx, path, migrations, dir)
 	if err != nil {
 		return nil, nil, err
 	}
