@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -285,14 +286,12 @@ func TestHangingHookEndpointTimesOut(t *testing.T) {
 	f.hooks.hang = make(chan struct{})
 	defer close(f.hooks.hang)
 	f.store(t, target("v1", map[string]map[string]string{devA: nil}))
-	start := time.Now()
+	// The endpoint answers only once the test ends (the deferred close):
+	// the round returns before that only because the hook timed out.
 	f.round(t)
-	if waited := time.Since(start); waited > time.Minute {
-		t.Fatalf("a hanging endpoint held the hooks for %s", waited)
-	}
 	d, _ := f.m.Device(t.Context(), devA)
-	if d.Hook == "" || d.Hook == "acknowledged" {
-		t.Fatalf("hook result %q, want a timeout", d.Hook)
+	if !strings.Contains(d.Hook, "no answer within") {
+		t.Fatalf("hook result %q, want the timeout", d.Hook)
 	}
 }
 
