@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -19,9 +17,9 @@ import (
 	"time"
 
 	"reeve.dev/reeve"
-	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/gateway/driver"
 	"reeve.dev/reeve/internal/gateway/driver/sim"
+	"reeve.dev/reeve/internal/localapi"
 	"reeve.dev/reeve/internal/runtime/docker"
 	"reeve.dev/reeve/internal/selfimage"
 	"reeve.dev/reeve/internal/serverapi"
@@ -262,10 +260,10 @@ func (b *gwBench) waitInstalled(ctx context.Context, commit string, start time.T
 	if err != nil {
 		return 0, err
 	}
-	ac := newLocalDevices("http://"+b.agentAddr, strings.TrimSpace(string(key)))
+	ac := localapi.NewClient(b.agentAddr).WithKey(strings.TrimSpace(string(key)))
 	deadline := start.Add(b.opts.Timeout)
 	for {
-		n, err := ac.running(ctx, commit)
+		n, err := running(ctx, ac, commit)
 		if err == nil && n == b.opts.Devices {
 			return time.Since(start), nil
 		}
@@ -322,40 +320,14 @@ func bareUpdate(ctx context.Context, o GatewayOptions, firmware []byte) (time.Du
 	return took, nil
 }
 
-// localDevices reads the agent's dependent devices.
-type localDevices struct {
-	base, key string
-	hc        *http.Client
-}
-
-func newLocalDevices(base, key string) *localDevices {
-	return &localDevices{base: base, key: key, hc: &http.Client{Timeout: 10 * time.Second}}
-}
-
-// running counts the devices the agent lists as running commit.
-func (c *localDevices) running(ctx context.Context, commit string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/devices", nil)
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET /v1/devices: %s", resp.Status)
-	}
-	var devs []dependent.Device
-	if err := json.NewDecoder(resp.Body).Decode(&devs); err != nil {
-		return 0, err
-	}
+// running counts the dependent devices the agent lists as running commit.
+func running(ctx context.Context, c *localapi.Client, commit string) (int, error) {
+	devs, err := c.DependentDevices(ctx)
 	n := 0
 	for _, d := range devs {
 		if d.Commit == commit {
 			n++
 		}
 	}
-	return n, nil
+	return n, err
 }

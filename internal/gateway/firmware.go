@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"reeve.dev/reeve/internal/gateway/driver"
+	"reeve.dev/reeve/internal/localapi"
 )
 
 // FirmwareFileVar names, in a dependent app's config, the file of its
@@ -35,14 +36,14 @@ func (e *errBadFirmware) Error() string { return e.msg }
 // and keeps it extracted under dir/<appID>/<commit>/.
 type firmwareCache struct {
 	dir    string
-	agent  *agentClient
+	agent  *localapi.Client
 	urlFor func(appID int64, commit, file string) string
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // per app/commit: one download at a time
 }
 
-func newFirmwareCache(dir string, agent *agentClient, urlFor func(int64, string, string) string) *firmwareCache {
+func newFirmwareCache(dir string, agent *localapi.Client, urlFor func(int64, string, string) string) *firmwareCache {
 	return &firmwareCache{dir: dir, agent: agent, urlFor: urlFor, locks: map[string]*sync.Mutex{}}
 }
 
@@ -114,7 +115,7 @@ func (c *firmwareCache) download(ctx context.Context, appID int64, commit, dir s
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() { done <- extract(pr, tmp) }()
-	err = c.agent.assets(ctx, appID, commit, pw)
+	err = c.agent.DependentAssets(ctx, appID, commit, pw)
 	pw.CloseWithError(err)
 	if xerr := <-done; err == nil && xerr != nil {
 		err = &errBadFirmware{fmt.Sprintf("the firmware of release %s is not a readable tar: %v", commit, xerr)}

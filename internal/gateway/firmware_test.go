@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"reeve.dev/reeve"
 )
 
 func tarOf(t *testing.T, entries map[string]string) *bytes.Buffer {
@@ -73,12 +75,12 @@ func TestFailedStatusAndTransientErrors(t *testing.T) {
 		t.Errorf("failedStatus = %q", s)
 	}
 	for err, want := range map[error]bool{
-		&agentError{Status: 503}:        true,
-		&agentError{Status: 404}:        false,
-		&agentError{Status: 500}:        false,
-		&errBadFirmware{"no file"}:      false,
-		errors.New("dial tcp: refused"): true,
-		context.DeadlineExceeded:        false,
+		reeve.Errorf(reeve.CodeUnavailable, "still downloading"): true,
+		reeve.Errorf(reeve.CodeNotFound, "no release"):           false,
+		reeve.Errorf(reeve.CodeInternal, "export failed"):        false,
+		&errBadFirmware{"no file"}:                               false,
+		errors.New("dial tcp: refused"):                          true,
+		context.DeadlineExceeded:                                 false,
 	} {
 		if got := transient(err); got != want {
 			t.Errorf("transient(%v) = %v, want %v", err, got, want)

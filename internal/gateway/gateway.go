@@ -24,9 +24,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"reeve.dev/reeve"
 	"reeve.dev/reeve/internal/dependent"
 	"reeve.dev/reeve/internal/gateway/driver"
 	"reeve.dev/reeve/internal/httpx"
+	"reeve.dev/reeve/internal/localapi"
 )
 
 // Gateway statuses (GET/PUT /v1/enm/status).
@@ -80,7 +82,7 @@ type Gateway struct {
 	cfg   Config
 	log   *slog.Logger
 	st    *store
-	agent *agentClient
+	agent *localapi.Client
 	fw    *firmwareCache
 	ln    net.Listener
 	srv   *http.Server
@@ -155,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.FirmwareURL = "http://" + ln.Addr().String()
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, st: st, ln: ln, wake: make(chan struct{}, 1),
-		agent: newAgentClient(cfg.AgentAddress, cfg.AgentKey), target: Running, current: Running,
+		agent: localapi.NewClient(cfg.AgentAddress).WithKey(cfg.AgentKey), target: Running, current: Running,
 		drivers: map[int64]*appDriver{}, updating: map[string]context.CancelFunc{},
 		found: map[string]driver.Device{}, warned: map[string]string{}, sem: make(chan struct{}, cfg.Parallel)}
 	if v, err := st.get(ctx, "target_status"); err == nil && v == Paused {
@@ -229,7 +231,7 @@ func (g *Gateway) shutdown() {
 func (g *Gateway) waitForAgent(ctx context.Context) error {
 	delay := 500 * time.Millisecond
 	for {
-		err := g.agent.ready(ctx)
+		err := g.agent.Ready(ctx)
 		if err == nil {
 			return nil
 		}
@@ -280,12 +282,12 @@ func (g *Gateway) round(ctx context.Context) {
 		g.setCurrent(Paused)
 		return
 	}
-	apps, err := g.agent.apps(ctx)
+	apps, err := g.agent.DependentApps(ctx)
 	if err != nil {
 		g.warn("agent", "cannot list the dependent apps", "err", err)
 		return
 	}
-	devs, err := g.agent.devices(ctx)
+	devs, err := g.agent.DependentDevices(ctx)
 	if err != nil {
 		g.warn("agent", "cannot list the dependent devices", "err", err)
 		return
@@ -401,7 +403,7 @@ func (g *Gateway) roundApp(ctx context.Context, app dependent.App, ad *appDriver
 		if dtype == "" {
 			dtype = ad.name
 		}
-		d, err := g.agent.provision(ctx, app.ID, dtype, f.LocalID)
+		d, err := g.agent.ProvisionDependent(ctx, app.ID, dtype, f.LocalID)
 		if err != nil {
 			g.warn("provision/"+f.LocalID, "cannot provision a device", "app", app.Name, "local_id", f.LocalID, "err", err)
 			continue
@@ -458,9 +460,8 @@ func (g *Gateway) staleRecord(ctx context.Context, appID int64, localID string) 
 	if !ok {
 		return true
 	}
-	_, err = g.agent.device(ctx, rec.UUID)
-	var ae *agentError
-	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+	_, err = g.agent.DependentDevice(ctx, rec.UUID)
+	if reeve.ErrorCode(err) == reeve.CodeNotFound {
 		g.log.Info("the agent no longer knows a device: provisioning it again", "local_id", localID, "old_uuid", rec.UUID)
 		return g.st.remove(ctx, rec.UUID) == nil
 	}
@@ -491,7 +492,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 		}
 	}
 	if len(fields) > 0 {
-		if err := g.agent.update(ctx, d.UUID, fields); err != nil {
+		if err := g.agent.UpdateDependent(ctx, d.UUID, fields); err != nil {
 			g.warn("report/"+d.UUID, "cannot report the device's state", "device", d.UUID, "local_id", d.LocalID, "err", err)
 		} else {
 			g.fine("report/" + d.UUID)
@@ -522,7 +523,7 @@ func (g *Gateway) syncDevice(ctx context.Context, app dependent.App, ad *appDriv
 			g.st.set(ctx, d.UUID, "configured", h)
 		} else if err != nil {
 			g.warn("configure/"+d.UUID, "cannot configure the device", "device", d.UUID, "local_id", d.LocalID, "err", err)
-		} else if err := g.agent.update(ctx, d.UUID, map[string]any{"environment": nonNil(d.TargetEnvironment), "config": nonNil(d.TargetConfig)}); err != nil {
+		} else if err := g.agent.UpdateDependent(ctx, d.UUID, map[string]any{"environment": nonNil(d.TargetEnvironment), "config": nonNil(d.TargetConfig)}); err != nil {
 			log.Warn("cannot report the device's config", "err", err)
 		} else {
 			g.fine("configure/" + d.UUID)
@@ -553,11 +554,11 @@ func (g *Gateway) shipLogs(ctx context.Context, ad *appDriver, d dependent.Devic
 	if err != nil || len(lines) == 0 {
 		return
 	}
-	out := make([]agentLogLine, len(lines))
+	out := make([]localapi.DependentLogLine, len(lines))
 	for i, l := range lines {
-		out[i] = agentLogLine{Message: l.Message, Timestamp: l.Time.UnixMilli(), IsSystem: l.System}
+		out[i] = localapi.DependentLogLine{Message: l.Message, Timestamp: l.Time.UnixMilli(), IsSystem: l.System}
 	}
-	if err := g.agent.logs(ctx, d.UUID, out); err != nil {
+	if err := g.agent.DependentLogs(ctx, d.UUID, out); err != nil {
 		g.warn("logs/"+d.UUID, "cannot pass on the device's log lines", "device", d.UUID, "lines", len(out), "err", err)
 	} else {
 		g.fine("logs/" + d.UUID)
@@ -608,7 +609,7 @@ func (g *Gateway) install(ctx context.Context, app dependent.App, ad *appDriver,
 		// A report must outlive an install's timeout.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		if err := g.agent.update(rctx, d.UUID, fields); err != nil {
+		if err := g.agent.UpdateDependent(rctx, d.UUID, fields); err != nil {
 			log.Warn("cannot report the install", "err", err)
 		}
 	}
@@ -697,14 +698,15 @@ func failedStatus(reason string) string {
 }
 
 // transient reports whether getting a release's firmware failed for a
-// while only: the agent still downloads it (503) or does not answer.
+// while only: the agent still downloads it (unavailable), or does not
+// answer (no error of its own).
 func transient(err error) bool {
 	if err == nil {
 		return false
 	}
-	var ae *agentError
-	if errors.As(err, &ae) {
-		return ae.Status == http.StatusServiceUnavailable || ae.Status >= 500 && ae.Status != http.StatusInternalServerError
+	var re *reeve.Error
+	if errors.As(err, &re) {
+		return re.Code == reeve.CodeUnavailable
 	}
 	var bad *errBadFirmware
 	return !errors.As(err, &bad) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)

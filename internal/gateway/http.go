@@ -81,7 +81,7 @@ func (g *Gateway) putStatus(w http.ResponseWriter, r *http.Request) {
 // views lists the devices this gateway drives, as the agent and the last
 // scan know them.
 func (g *Gateway) views(r *http.Request) ([]DeviceView, error) {
-	devs, err := g.agent.devices(r.Context())
+	devs, err := g.agent.DependentDevices(r.Context())
 	if err != nil {
 		return nil, reeve.Errorf(reeve.CodeUnavailable, "%v", err)
 	}
